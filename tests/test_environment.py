@@ -1,0 +1,142 @@
+"""The bootstrap (`./hywu setup` / `./hywu env`), the package metadata and CI wiring."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from hywu_core import devenv
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_env_prints_python_and_comfyui_dir(hywu, comfyui_dir):
+    result = hywu("env")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split("=", 1)[0] for line in lines] == ["HYWU_PYTHON", "COMFYUI_DIR"]
+    values = dict(line.split("=", 1) for line in lines)
+    assert Path(values["HYWU_PYTHON"]).resolve() == Path(sys.executable).resolve()
+    assert Path(values["COMFYUI_DIR"]).resolve() == comfyui_dir.resolve()
+
+
+def test_setup_on_a_set_up_machine_changes_nothing(hywu, comfyui_dir):
+    before = sorted(p.name for p in (devenv.hywu_home() / "envs").iterdir())
+    result = hywu("setup")
+    assert result.returncode == 0, result.stderr
+    assert "environment ready" in result.stderr
+    for work in ("creating environment", "provisioning ComfyUI", "pip install", "re-pointing"):
+        assert work not in result.stderr, result.stderr
+    assert sorted(p.name for p in (devenv.hywu_home() / "envs").iterdir()) == before
+    assert (comfyui_dir / "custom_nodes" / devenv.PACK_LINK_NAME).resolve() == REPO
+
+
+def test_env_key_follows_every_requirement_line():
+    base = ["torch==2.14.1", "numpy>=1.25.0", "einops"]
+    assert devenv.env_key(base) == devenv.env_key(list(base))
+    assert devenv.env_key(base) != devenv.env_key(base[:-1] + ["einops==0.8.0"])
+    assert devenv.env_key(base) != devenv.env_key(base + ["pytest"])
+
+
+def test_comfyui_requirements_drop_optional_and_pinned_packages(tmp_path):
+    (tmp_path / "requirements.txt").write_text(
+        "comfyui-frontend-package==1.32.9\ntorch\ntorchvision\ntorchaudio\nnumpy>=1.25.0\n\n#comment\nkornia>=0.7.1\n")
+    lines = devenv.comfy_requirement_lines(tmp_path)
+    assert lines == ["comfyui-frontend-package==1.32.9", "numpy>=1.25.0", "kornia>=0.7.1", "requests"]
+
+
+def test_provisioned_comfyui_is_the_pinned_unpatched_version(comfyui_dir):
+    if os.environ.get("COMFYUI_PATH"):
+        return  # a user's own ComfyUI: nothing of ours to check
+    assert '__version__ = "0.3.75"' in (comfyui_dir / "comfyui_version.py").read_text()
+    assert not (comfyui_dir / "extra_model_paths.yaml").exists(), "horde's folder redirect must be removed"
+
+
+def test_hywu_core_imports_without_comfyui(tmp_path):
+    """Every hywu_core module imports where no ComfyUI is importable, and none pulls in comfy."""
+    code = (
+        "import importlib, importlib.util, pkgutil, sys\n"
+        "assert importlib.util.find_spec('comfy') is None, 'comfy must not be importable here'\n"
+        "import hywu_core\n"
+        "names = [m.name for m in pkgutil.walk_packages(hywu_core.__path__, 'hywu_core.') if m.name != 'hywu_core.__main__']\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "leaked = sorted(m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'comfy_api')))\n"
+        "assert not leaked, leaked\n"
+        "print(len(names))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_DIR", "COMFYUI_PATH")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) >= 5
+
+
+def test_bootstrap_module_needs_only_the_standard_library():
+    """./hywu imports devenv with a bare python3 before any environment exists."""
+    code = ("import sys; sys.path.insert(0, %r); import hywu_core.devenv as d; "
+            "assert 'torch' not in sys.modules; print(d.COMFYUI_VERSION)" % str(REPO))
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == devenv.COMFYUI_VERSION
+
+
+def test_unknown_command_is_refused_with_usage(hywu):
+    result = hywu("frobnicate")
+    assert result.returncode == 2
+    assert "unknown command 'frobnicate'" in result.stderr
+    assert "setup" in result.stderr and "run" in result.stderr
+
+
+def test_demo_does_not_pretend(hywu):
+    result = hywu("demo")
+    assert result.returncode != 0
+    assert "not built yet" in result.stderr
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"^\s*(\./hywu \w+)\s*(?:#.*)?$", readme, flags=re.M)
+    assert "./hywu test" in commands and "./hywu demo" in commands
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^\s*\./hywu test\s*$", ci, flags=re.M), ci
+
+
+def test_requirements_txt_matches_pyproject_dependencies():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip()]
+    normalise = lambda spec: spec.replace("'", '"').replace(" ", "")
+    assert sorted(map(normalise, lines)) == sorted(map(normalise, pyproject["project"]["dependencies"]))
+    comfy = pyproject["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and (REPO / comfy["Icon"]).is_file()
+    assert pyproject["project"]["scripts"]["hywu"] == "hywu_core.cli:main"
+
+
+def test_comfyui_path_uses_the_users_own_comfyui(hywu, comfyui_dir, tmp_path):
+    own = tmp_path / "MyComfyUI"
+    shutil.copytree(comfyui_dir, own, ignore=shutil.ignore_patterns("custom_nodes", "user", "output", "temp", "input",
+                                                                    "__pycache__", devenv.DONE_MARKER))
+    result = hywu("env", env={**os.environ, "COMFYUI_PATH": str(own)})
+    assert result.returncode == 0, result.stderr
+    assert f"COMFYUI_DIR={own}" in result.stdout.splitlines()
+    assert (own / "custom_nodes" / devenv.PACK_LINK_NAME).resolve() == REPO
+    assert "creating environment" not in result.stderr, "same requirements must reuse the environment"
+
+
+def test_comfyui_path_that_is_not_comfyui_is_a_clear_error(hywu, tmp_path):
+    result = hywu("setup", env={**os.environ, "COMFYUI_PATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI checkout" in result.stderr
+
+
+def test_pack_folder_in_the_way_is_not_overwritten(hywu, comfyui_dir, tmp_path):
+    own = tmp_path / "Other"
+    shutil.copytree(comfyui_dir, own, ignore=shutil.ignore_patterns("custom_nodes", "user", "output", "temp", "input",
+                                                                    "__pycache__", devenv.DONE_MARKER))
+    (own / "custom_nodes" / devenv.PACK_LINK_NAME).mkdir(parents=True)
+    result = hywu("setup", env={**os.environ, "COMFYUI_PATH": str(own)})
+    assert result.returncode == 1
+    assert "exists and is not a link to this checkout" in result.stderr
+    assert (own / "custom_nodes" / devenv.PACK_LINK_NAME).is_dir()
