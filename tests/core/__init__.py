@@ -1,0 +1,1 @@
+"""Tests of hywu_core (pure PyTorch; ComfyUI only where a test builds a real backbone)."""
