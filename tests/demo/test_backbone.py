@@ -1,0 +1,150 @@
+"""The demo backbone (hywu_core.demo.backbone): one checkpoint file -> MODEL, CLIP, VAE that sample
+through ComfyUI's stock path (CLIPTextEncode -> InstructPixToPixConditioning -> KSampler -> VAEDecode)."""
+import pytest
+import torch
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def demo(comfy_lib):
+    from hywu_core.demo import backbone
+
+    return backbone
+
+
+@pytest.fixture(scope="module")
+def checkpoint(demo, tmp_path_factory):
+    state_dict, config = demo.build_demo_backbone(seed=0)
+    path = tmp_path_factory.mktemp("demo") / "demo_backbone.safetensors"
+    demo.save_demo_checkpoint(path, state_dict, config)
+    return path, state_dict, config
+
+
+@pytest.fixture(scope="module")
+def loaded(demo, checkpoint):
+    return demo.load_demo_checkpoint(checkpoint[0])
+
+
+def images(seed: int, n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 64, 64, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_file_round_trip_is_bitwise_and_the_family_is_comfyui_sd3(demo, checkpoint, loaded):
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.sd
+
+    path, state_dict, config = checkpoint
+    model, clip, vae = loaded
+    reloaded = demo.demo_state_dict(model, clip)
+    assert reloaded.keys() == state_dict.keys()
+    assert all(torch.equal(reloaded[k], state_dict[k]) for k in state_dict)
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert isinstance(model.model, comfy.model_base.SD3)
+    assert isinstance(model.get_model_object("latent_format"), comfy.latent_formats.ChromaRadiance)
+    assert model.model.concat_keys == ("concat_image",)
+    assert model.model.diffusion_model.x_embedder.proj.in_channels == 6
+    assert isinstance(clip, comfy.sd.CLIP) and isinstance(vae, comfy.sd.VAE)
+    mmdit_params = sum(v.numel() for k, v in state_dict.items() if k.startswith(demo.MODEL_PREFIX))
+    assert 1_000_000 < mmdit_params < 2_000_000
+    print(f"\nMMDiT {mmdit_params} parameters, text encoder "
+          f"{sum(v.numel() for v in state_dict.values()) - mmdit_params}, file {path.stat().st_size} bytes")
+
+
+def test_build_is_deterministic_in_the_seed(demo, checkpoint):
+    again, _ = demo.build_demo_backbone(seed=0)
+    other, _ = demo.build_demo_backbone(seed=1)
+    state_dict = checkpoint[1]
+    assert all(torch.equal(again[k], state_dict[k]) for k in state_dict)
+    assert all(v.isfinite().all() for v in state_dict.values())
+    assert not torch.equal(other[demo.MODEL_PREFIX + "joint_blocks.0.x_block.attn.qkv.weight"],
+                           state_dict[demo.MODEL_PREFIX + "joint_blocks.0.x_block.attn.qkv.weight"])
+
+
+def test_sampling_is_deterministic_and_follows_source_and_prompt(demo, loaded):
+    model, clip, vae = loaded
+    source, other_source = images(1), images(2)
+    edit = demo.sample(model, clip, vae, source, "blur the image", seed=7, steps=STEPS, cfg=2.5)
+    assert edit.shape == (2, 64, 64, 3) and edit.isfinite().all()
+    assert 0.0 <= edit.min() and edit.max() <= 1.0
+    assert torch.equal(edit, demo.sample(model, clip, vae, source, "blur the image", seed=7, steps=STEPS, cfg=2.5))
+    other_image = demo.sample(model, clip, vae, other_source, "blur the image", seed=7, steps=STEPS, cfg=2.5)
+    other_seed = demo.sample(model, clip, vae, source, "blur the image", seed=8, steps=STEPS, cfg=2.5)
+    other_prompt = demo.sample(model, clip, vae, source, "sharpen the image", seed=7, steps=STEPS, cfg=2.5)
+    assert (other_image - edit).abs().mean() > 1e-2
+    assert (other_seed - edit).abs().mean() > 1e-2
+    # Untrained weights: a few changed bytes among 64 text tokens move the output by ~1e-4, never by 0.
+    assert (other_prompt - edit).abs().mean() > 1e-5
+
+
+def test_joint_blocks_hold_the_linear_layers_a_lora_targets(loaded, checkpoint):
+    config = checkpoint[2]
+    blocks = loaded[0].model.diffusion_model.joint_blocks
+    assert len(blocks) == config.num_blocks
+    linear_names = [{n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)} for block in blocks]
+    image_side = {"x_block.attn.qkv", "x_block.attn.proj", "x_block.mlp.fc1", "x_block.mlp.fc2",
+                  "x_block.adaLN_modulation.1"}
+    text_side = {n.replace("x_block", "context_block") for n in image_side}
+    assert all(names == image_side | text_side for names in linear_names[:-1])
+    # ComfyUI's last joint block is "pre_only" on the text side: no attention output or MLP there.
+    assert linear_names[-1] == image_side | {"context_block.attn.qkv", "context_block.adaLN_modulation.1"}
+
+
+def test_stock_lora_loader_patches_the_joint_blocks(demo, loaded):
+    import comfy.sd
+
+    model, clip, vae = loaded
+    width = model.model.diffusion_model.hidden_size
+    g = torch.Generator().manual_seed(0)
+    lora = {"diffusion_model.joint_blocks.1.x_block.attn.qkv.lora_down.weight": torch.randn(4, width, generator=g),
+            "diffusion_model.joint_blocks.1.x_block.attn.qkv.lora_up.weight": torch.randn(3 * width, 4, generator=g)}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert list(patched.patches) == ["diffusion_model.joint_blocks.1.x_block.attn.qkv.weight"]
+    source = images(3, n=1)
+    base = demo.sample(model, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0)
+    assert (demo.sample(patched, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0) - base).abs().mean() > 1e-3
+    assert torch.equal(demo.sample(model, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0), base)
+
+
+def test_half_precision_file_is_smaller_and_loads(demo, checkpoint, tmp_path):
+    path, state_dict, config = checkpoint
+    half = tmp_path / "half.safetensors"
+    demo.save_demo_checkpoint(half, state_dict, config, dtype=torch.bfloat16)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    reloaded, _ = demo.read_demo_checkpoint(half)
+    key = demo.TEXT_PREFIX + "shared.weight"
+    assert torch.equal(reloaded[key], state_dict[key].to(torch.bfloat16))
+
+
+def test_bad_files_are_refused_with_the_reason(demo, checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    path, state_dict, config = checkpoint
+    with pytest.raises(demo.DemoCheckpointError, match="does not exist"):
+        demo.load_demo_checkpoint(tmp_path / "nothing.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(demo.DemoCheckpointError, match="truncated or corrupted"):
+        demo.load_demo_checkpoint(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(demo.DemoCheckpointError, match="not a readable .safetensors"):
+        demo.load_demo_checkpoint(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(demo.DemoCheckpointError, match="not a HY-WU demo backbone"):
+        demo.load_demo_checkpoint(foreign)
+    wrong = dict(state_dict)
+    del wrong[demo.TEXT_PREFIX + "shared.weight"]
+    with pytest.raises(demo.DemoCheckpointError, match="missing text_encoders.demo_byt5.transformer.shared.weight"):
+        demo.save_demo_checkpoint(tmp_path / "wrong.safetensors", wrong, config)
+    narrow = type(config)(text_width=32, text_heads=1)
+    with pytest.raises(demo.DemoCheckpointError, match="has shape"):
+        demo.assemble_demo_backbone(state_dict, narrow)
+
+
+def test_sample_refuses_channels_first_images(demo, loaded):
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        demo.sample(*loaded, torch.rand(1, 3, 64, 64), "blur", seed=0)
