@@ -129,6 +129,7 @@ def build_loaded(source: Path, config: NNTConfig, layout, alpha: float, tensors:
                                  + "; ".join(problems))
     generator.load_state_dict(tensors, strict=True, assign=True)
     device = next(iter(tensors.values())).device
+    generator.source = Path(source).name
     return generator.to(device).eval()
 
 

@@ -71,7 +71,7 @@ class ComfyServer:
     With workdir given, input/output/user/temp directories live under it (isolated run);
     without, ComfyUI's own folders are used (what `./hywu serve` wants). With models_dir given,
     its MODEL_FOLDERS subfolders are added to ComfyUI's model search paths through an
-    extra_model_paths.yaml (ComfyUI's own folders stay searched too).
+    extra_model_paths.yaml, first in the search order (ComfyUI's own folders stay searched too).
     """
 
     def __init__(self, comfy_dir: Path, *, port: int | None = None, host: str = "127.0.0.1",
@@ -112,7 +112,7 @@ class ComfyServer:
         for folder in MODEL_FOLDERS:
             (self.models_dir / folder).mkdir(parents=True, exist_ok=True)
         config = self.log_path.with_suffix(".extra_model_paths.yaml")
-        config.write_text("hywu_server:\n" f"    base_path: {self.models_dir}\n" +
+        config.write_text("hywu_server:\n" f"    base_path: {self.models_dir}\n    is_default: true\n" +
                           "".join(f"    {folder}: {folder}\n" for folder in MODEL_FOLDERS))
         return config
 

@@ -21,6 +21,7 @@ class Generator(nn.Module):
         self.layout = layout
         self.alpha = float(alpha)
         self.nnt = NNT(config, layout)
+        self.source = ""  # the file or folder it was loaded from, recorded in what it generates
 
     @property
     def spec(self):

@@ -1,0 +1,95 @@
+"""The hybrid condition U handed from the encoder to the generator (paper §3.3), one per batch item.
+
+A Condition carries U and its mask with what produced it (the instructions and a digest of each
+source image), so a generated LoRA can say where it came from and a cache can recognise an
+unchanged input.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .encoders import ConditionEncoder, check_image_batch, match_references
+
+
+@dataclass(frozen=True)
+class Condition:
+    """U (N, L, D) with mask (N, L) (True = real token), and per item the instruction and source digest."""
+
+    tokens: Tensor
+    mask: Tensor
+    instructions: tuple[str, ...]
+    sources: tuple[str, ...]
+    encoder: str
+
+    def __post_init__(self):
+        n = self.tokens.shape[0]
+        if self.tokens.dim() != 3 or tuple(self.mask.shape) != tuple(self.tokens.shape[:2]):
+            raise ValueError(f"a condition is U (N, L, D) with a mask (N, L); got U {tuple(self.tokens.shape)}, "
+                             f"mask {tuple(self.mask.shape)}")
+        if len(self.instructions) != n or len(self.sources) != n:
+            raise ValueError(f"condition of {n} items has {len(self.instructions)} instructions and "
+                             f"{len(self.sources)} source digests")
+        if not torch.isfinite(self.tokens).all():
+            raise ValueError("the condition U contains NaN/Inf values: the condition encoder's weights or "
+                             "inputs are broken; reload the encoder in float32")
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[-1]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of U and the mask: equal conditions give equal fingerprints."""
+        digest = hashlib.sha256()
+        for tensor in (self.tokens, self.mask):
+            digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def image_digest(image: Tensor) -> str:
+    """A short sha256 of one IMAGE item's pixels (H, W, 3), recorded as the source of a LoRA."""
+    data = image.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+
+
+def split_instructions(text: str, count: int) -> list[str]:
+    """The instruction for each of `count` images, read from one text field.
+
+    One instruction (even over several lines, when there is one image) applies to every image;
+    for a batch, a text with exactly `count` non-empty lines gives one instruction per image.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the instruction is empty: describe the edit, e.g. 'make the image sharper' "
+                         "(for a batch, one line per image)")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if count == 1:
+        return [text.strip()]
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise ValueError(f"{len(lines)} instruction lines for a batch of {count} images: write one line "
+                         f"(used for every image) or exactly {count} lines, one per image")
+    return lines
+
+
+def encode_condition(encoder: ConditionEncoder, images: Tensor, instruction_text: str,
+                     references: Sequence[Tensor] = ()) -> Condition:
+    """Encode a batch of source images, their instructions and optional reference images (§3.3)."""
+    count = check_image_batch(images, "image")
+    instructions = split_instructions(instruction_text, count)
+    references = match_references(list(references) or None, count)
+    tokens, mask = encoder.encode(images, instructions, references or None)
+    return Condition(tokens=tokens, mask=mask, instructions=tuple(instructions),
+                     sources=tuple(image_digest(image) for image in images),
+                     encoder=encoder.folder.name)
