@@ -231,8 +231,22 @@ def load_condition_encoder(folder: str | Path, device: str | torch.device = "cpu
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"cannot load the image processor from {folder}: {error}") from error
+    check_safetensors_files(folder)
     model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     return ConditionEncoder(model.to(device=device, dtype=dtype), tokenizer, image_processor, folder)
+
+
+def check_safetensors_files(folder: Path) -> None:
+    """Every weight file of the folder opens as safetensors (header and size): a clear error otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as error:
+            raise FileNotFoundError(f"{path} is not a readable safetensors file ({error}); it may be truncated "
+                                    "(an interrupted download): download the encoder folder again") from error
 
 
 def build_tiny_tokenizer(max_length: int):

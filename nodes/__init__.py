@@ -1,7 +1,19 @@
 """The pack's ComfyUI nodes (V3 schema). Thin: parse inputs, call hywu_core, return outputs."""
 from . import model_folders
+from .apply_lora import HYWUApplyLoRA
+from .demo_checkpoint_loader import HYWUDemoCheckpointLoader
+from .encode_condition import HYWUEncodeCondition
+from .export_lora import HYWULoRAToLoraModel, HYWUSaveLoRA
+from .generate_lora import HYWUGenerateLoRA
+from .load_condition_encoder import HYWULoadConditionEncoder
 from .load_generator import HYWULoadGenerator
+from .lora_tools import HYWUAverageLoRA, HYWUBlendLoRA, HYWUBoundLoRA, HYWUShuffleLoRA
+from .model_fingerprint import HYWUModelFingerprint
 
 model_folders.register()
 
-NODES = [HYWULoadGenerator]
+NODES = [
+    HYWULoadConditionEncoder, HYWUEncodeCondition, HYWULoadGenerator, HYWUGenerateLoRA, HYWUApplyLoRA,
+    HYWULoRAToLoraModel, HYWUSaveLoRA, HYWUAverageLoRA, HYWUShuffleLoRA, HYWUBlendLoRA, HYWUBoundLoRA,
+    HYWUDemoCheckpointLoader, HYWUModelFingerprint,
+]

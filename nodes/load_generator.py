@@ -4,6 +4,7 @@ from comfy_api.latest import io
 from hywu_core.checkpoint import load_generator
 
 from . import model_folders
+from .devices import DEVICES, resolve_device
 from .types import HYWUGenerator
 
 
@@ -17,10 +18,13 @@ class HYWULoadGenerator(io.ComfyNode):
             description="Load an HY-WU parameter generator (paper §3.5) from models/hywu: one .safetensors "
                         "file of ours, or the official release folder (config.json + model.safetensors).",
             inputs=[io.Combo.Input("generator", options=model_folders.generator_choices(),
-                                   tooltip="file or folder under models/hywu")],
+                                   tooltip="file or folder under models/hywu"),
+                    io.Combo.Input("device", options=DEVICES, default="auto",
+                                   tooltip="where the generator runs; auto: ComfyUI's compute device")],
             outputs=[HYWUGenerator.Output(display_name="generator")],
         )
 
     @classmethod
-    def execute(cls, generator: str) -> io.NodeOutput:
-        return io.NodeOutput(load_generator(model_folders.resolve_generator(generator)))
+    def execute(cls, generator: str, device: str = "auto") -> io.NodeOutput:
+        path = model_folders.resolve_generator(generator)
+        return io.NodeOutput(load_generator(path, device=resolve_device(device)))

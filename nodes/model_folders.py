@@ -1,8 +1,9 @@
-"""ComfyUI model folders the pack reads: models/hywu (generators) and models/hywu_encoders.
+"""ComfyUI model folders the pack reads: models/hywu (generators) and models/hywu_encoders (folders).
 
 folder_paths facts (ComfyUI 0.3.75): extra_model_paths.yaml is applied before custom nodes
 load, and add_model_folder_path() creates a missing entry with an empty extension set, which
-get_filename_list() treats as "every file"; so we set the extensions ourselves.
+get_filename_list() treats as "every file"; so we set the extensions ourselves. The default
+folders are appended, not made default: a user's extra_model_paths.yaml entry stays first.
 """
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ ENCODERS = "hywu_encoders"
 
 def register() -> None:
     for name in (GENERATORS, ENCODERS):
-        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name), is_default=True)
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
     paths, _ = folder_paths.folder_names_and_paths[GENERATORS]
     folder_paths.folder_names_and_paths[GENERATORS] = (paths, {".safetensors"})
 
@@ -34,16 +35,38 @@ def generator_choices() -> list[str]:
     return sorted(names)
 
 
-def resolve_generator(name: str) -> Path:
-    """The file or official folder `name` names inside models/hywu; refuses paths outside it."""
-    bases = folder_paths.get_folder_paths(GENERATORS)
+def encoder_choices() -> list[str]:
+    """Condition encoder folders (a transformers folder with config.json) under models/hywu_encoders."""
+    names = set()
+    for base in folder_paths.get_folder_paths(ENCODERS):
+        for root, dirs, files in os.walk(base, followlinks=True):
+            if "config.json" in files:
+                names.add(Path(root).relative_to(base).as_posix())
+                dirs.clear()
+    names.discard(".")
+    return sorted(names)
+
+
+def _resolve(folder_name: str, name: str, what: str, found) -> Path:
+    """The entry `name` inside one of the `folder_name` model folders; refuses paths outside them."""
+    bases = folder_paths.get_folder_paths(folder_name)
     for base in bases:
         root = Path(base).resolve()
         candidate = (root / name).resolve()
         if candidate != root and root not in candidate.parents:
-            raise ValueError(f"generator {name!r} points outside the model folder {root}; "
-                             "choose a file listed under models/hywu")
-        if candidate.is_file() or (candidate / "config.json").is_file():
+            raise ValueError(f"{what} {name!r} points outside the model folder {root}; "
+                             f"choose an entry listed under models/{folder_name}")
+        if found(candidate):
             return candidate
-    raise ValueError(f"generator {name!r} not found in {', '.join(bases)}; put the generator .safetensors "
-                     "(or the official HY-WU folder) there and refresh the node list")
+    raise ValueError(f"{what} {name!r} not found in {', '.join(bases)}; put it there and refresh the node list")
+
+
+def resolve_generator(name: str) -> Path:
+    """The generator file or official folder `name` names inside models/hywu."""
+    return _resolve(GENERATORS, name, "generator",
+                    lambda path: path.is_file() or (path / "config.json").is_file())
+
+
+def resolve_encoder(name: str) -> Path:
+    """The condition encoder folder `name` names inside models/hywu_encoders."""
+    return _resolve(ENCODERS, name, "condition encoder", lambda path: (path / "config.json").is_file())

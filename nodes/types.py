@@ -1,4 +1,9 @@
-"""The pack's socket types (DESIGN §2): the generator, conditions and generated LoRAs."""
+"""The pack's socket types (DESIGN §2), and ComfyUI's LORA_MODEL (a LoRA state dict in
+comfy.lora's key format, what the stock "Load LoRA Model" / "Save LoRA Weights" nodes take)."""
 from comfy_api.latest import io
 
+HYWUEncoder = io.Custom("HYWU_ENCODER")
+HYWUCondition = io.Custom("HYWU_CONDITION")
 HYWUGenerator = io.Custom("HYWU_GENERATOR")
+HYWULoRA = io.Custom("HYWU_LORA")
+LoraModel = io.Custom("LORA_MODEL")

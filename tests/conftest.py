@@ -79,7 +79,7 @@ def comfy_server(comfyui_dir, tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def client(comfy_server):
     from hywu_core.comfy_client import ComfyClient
 

@@ -33,8 +33,16 @@ def test_traceback_blocks_end_at_the_exception_line():
     assert traceback_blocks(log) == ['Traceback (most recent call last):\n  File "x.py"\n    boom()\nValueError: no']
 
 
+def startup_log(log: str) -> str:
+    """The server log up to ComfyUI's "To see the GUI go to" line: the import phase, before any prompt
+    (other tests send deliberately broken prompts whose node errors name the pack)."""
+    end = log.find("To see the GUI go to")
+    assert end >= 0, f"the server log has no startup line:\n{log}"
+    return log[:end]
+
+
 def test_pack_imports_without_errors(comfy_server):
-    log = comfy_server.log_text()
+    log = startup_log(comfy_server.log_text())
     timing = [line for line in log.splitlines() if re.search(r"seconds.*custom_nodes/ComfyUI-HY-WU$", line)]
     assert timing, f"the pack does not appear in ComfyUI's custom node import list:\n{log}"
     assert "IMPORT FAILED" not in timing[0], timing[0]
