@@ -132,6 +132,19 @@ def test_merge_equals_the_stock_lora_loader_on_the_saved_file(client, family, up
     assert np.array_equal(run_images(client, stock)[0], merged[0])
 
 
+def test_stock_load_lora_model_and_save_lora_weights_take_our_lora(client, family, upload, comfy_server):
+    image = upload(4)
+    stock = edit_prompt([image], "add noise")
+    stock["to_lora_model"] = {"class_type": "HYWULoRAToLoraModel", "inputs": {"lora": ["lora", 0], "index": 0}}
+    stock["apply"] = {"class_type": "LoraModelLoader",
+                      "inputs": {"model": ["ckpt", 0], "lora": ["to_lora_model", 0], "strength_model": 1.0}}
+    stock["save_weights"] = {"class_type": "SaveLoRA", "inputs": {"lora": ["to_lora_model", 0],
+                                                                  "prefix": "loras/hywu_stock_save"}}
+    merged = run_images(client, edit_prompt([image], "add noise", mode="merge"))
+    assert np.array_equal(run_images(client, stock)[0], merged[0])
+    assert list((comfy_server.output_dir / "loras").glob("hywu_stock_save_*.safetensors"))
+
+
 def test_dynamic_equals_merge_when_the_batch_shares_one_lora(client, family, upload):
     image = upload(3)
     merged = run_images(client, edit_prompt([image, image], "sharpen it", mode="merge"))
