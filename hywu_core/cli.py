@@ -128,9 +128,9 @@ def cmd_run(args, rest: list[str]) -> int:
 
 
 def cmd_demo(args, rest: list[str]) -> int:
-    print("hywu demo: the embedded HY-WU demo family is not built yet (the demo issue is open), "
-          "so there is nothing to run; nothing was done.", file=sys.stderr)
-    return 2
+    from .demo import run
+
+    return run.main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_DIR)")
     run.set_defaults(handler=cmd_run)
 
-    demo = commands.add_parser("demo", help="the embedded HY-WU demo")
+    demo = commands.add_parser("demo", help="the embedded HY-WU demo: edits bundled images, writes a side-by-side PNG",
+                               add_help=False)
     demo.set_defaults(handler=cmd_demo)
 
     from . import generate_lora
@@ -170,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] == "test":
-        args, rest = parser.parse_args(["test"]), argv[1:]
+    if argv and argv[0] in ("test", "demo"):
+        args, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = parser.parse_args(argv), []
     return args.handler(args, rest)

@@ -51,8 +51,8 @@ def _resolve(folder_name: str, name: str, what: str, found) -> Path:
     """The entry `name` inside one of the `folder_name` model folders; refuses paths outside them."""
     bases = folder_paths.get_folder_paths(folder_name)
     for base in bases:
-        root = Path(base).resolve()
-        candidate = (root / name).resolve()
+        root = Path(os.path.abspath(base))
+        candidate = Path(os.path.normpath(root / name))  # lexical: links inside the folder may point anywhere
         if candidate != root and root not in candidate.parents:
             raise ValueError(f"{what} {name!r} points outside the model folder {root}; "
                              f"choose an entry listed under models/{folder_name}")

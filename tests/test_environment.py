@@ -90,12 +90,6 @@ def test_unknown_command_is_refused_with_usage(hywu):
     assert "setup" in result.stderr and "run" in result.stderr
 
 
-def test_demo_does_not_pretend(hywu):
-    result = hywu("demo")
-    assert result.returncode != 0
-    assert "not built yet" in result.stderr
-
-
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     commands = re.findall(r"^\s*(\./hywu \w+)\s*(?:#.*)?$", readme, flags=re.M)
