@@ -230,6 +230,30 @@ def setup() -> tuple[Path, Path]:
     return env_python(venv), comfy_dir
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def ensure_chromium() -> tuple[str | None, str]:
+    """(path of a Chromium for the browser test, how it was found); installs Debian's chromium
+    package when none is there and this is a root shell with apt-get. (None, why) otherwise."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found, f"found {found}"
+    if not shutil.which("apt-get"):
+        return None, "no chromium on PATH and no apt-get to install Debian's chromium package"
+    if os.geteuid() != 0:
+        return None, "no chromium on PATH; installing Debian's chromium package needs root (apt-get install chromium)"
+    log("installing Debian's chromium package for the browser test (apt-get install chromium) ...")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        result = subprocess.run(cmd, capture_output=True, text=True,
+                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if result.returncode != 0:
+            return None, f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
+    found = shutil.which("chromium")
+    return (found, "installed Debian's chromium") if found else (None, "apt-get installed chromium but it is not on PATH")
+
+
 def child_environment(python: Path, comfy_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["HYWU_PYTHON"] = str(python)

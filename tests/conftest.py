@@ -80,6 +80,14 @@ def comfy_server(comfyui_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def server_family(comfy_server, comfy_lib):
+    """The demo family (random weights, non-zero LoRAs) as "hywu_demo" in the server's model folders."""
+    from hywu_core.demo.family import build_family_files
+
+    return build_family_files(comfy_server.models_dir, name="hywu_demo", seed=0, lora_std=0.05)
+
+
+@pytest.fixture(scope="session")
 def client(comfy_server):
     from hywu_core.comfy_client import ComfyClient
 

@@ -14,11 +14,8 @@ INSTRUCTIONS = ["make the image brighter", "blur the image", "turn it grayscale"
 
 
 @pytest.fixture(scope="module")
-def family(comfy_server, comfy_lib):
-    """Backbone, encoder and generator (non-zero LoRAs) in the server's model folders."""
-    from hywu_core.demo.family import build_family_files
-
-    return build_family_files(comfy_server.models_dir, name=FAMILY, seed=0, lora_std=0.05)
+def family(server_family):
+    return server_family
 
 
 @pytest.fixture(scope="module")
