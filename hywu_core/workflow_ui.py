@@ -178,6 +178,40 @@ def same_graph(api: dict, from_ui: dict) -> list[str]:
     return problems
 
 
+def check_against_object_info(prompt: dict, object_info: dict) -> list[str]:
+    """What in an API prompt the server's node definitions do not allow: unknown node types or
+    inputs, missing required inputs, links to missing nodes or slots, link types that do not fit.
+    Widget values are not checked (a workflow may name model files this server does not have)."""
+    problems = []
+    for node_id, node in prompt.items():
+        definition = object_info.get(node["class_type"])
+        if definition is None:
+            problems.append(f"node {node_id}: unknown node type {node['class_type']}")
+            continue
+        specs = {name: kind for name, kind, _ in input_specs(definition)}
+        required = definition["input"].get("required", {})
+        problems += [f"node {node_id} ({node['class_type']}): missing required input {name}"
+                     for name in required if name not in node["inputs"]]
+        for name, value in node["inputs"].items():
+            if name not in specs:
+                problems.append(f"node {node_id} ({node['class_type']}): no input named {name}")
+                continue
+            if not is_link(value):
+                continue
+            source = prompt.get(value[0])
+            if source is None:
+                problems.append(f"node {node_id} input {name}: links to missing node {value[0]}")
+                continue
+            outputs = object_info.get(source["class_type"], {}).get("output", [])
+            if value[1] >= len(outputs):
+                problems.append(f"node {node_id} input {name}: node {value[0]} has no output {value[1]}")
+                continue
+            wanted, given = type_name(specs[name]), outputs[value[1]]
+            if wanted != "*" and given not in wanted.split(","):
+                problems.append(f"node {node_id} input {name}: expects {wanted}, node {value[0]} gives {given}")
+    return problems
+
+
 def build(object_info: dict, folder: Path = WORKFLOWS) -> list[Path]:
     """Write folder/NAME.json for every folder/api/NAME.json (with folder/notes/NAME.md as its note)."""
     written = []
