@@ -82,11 +82,13 @@ def unload_after_sampling(patcher) -> None:
             return
 
 
-def latent_rows(batch_rows: int, chunks: int, count: int) -> torch.Tensor:
-    """LoRA index of each model-input row: chunk-stacked latent rows, LoRA = latent row % count."""
+def latent_rows(batch_rows: int, chunks: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """LoRA index of each model-input row: chunk-stacked latent rows, LoRA = latent row % count.
+
+    Built on `device` (the model input's), so the forward hooks never copy indices host -> device."""
     if chunks < 1 or batch_rows % chunks:
         raise ValueError(f"model input of {batch_rows} rows does not split into {chunks} cond/uncond chunks")
-    latent = torch.arange(batch_rows) % (batch_rows // chunks)
+    latent = torch.arange(batch_rows, device=device) % (batch_rows // chunks)
     return latent % count
 
 
@@ -100,13 +102,16 @@ def apply_dynamic(model, bundle: LoRABundle, strength: float = 1.0):
 
     def apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         chunks = len(transformer_options.get("cond_or_uncond") or [0])
-        model_rows = latent_rows(x.shape[0], chunks, count)
+        model_rows = latent_rows(x.shape[0], chunks, count, x.device)
+        folded: dict[int, torch.Tensor] = {}
 
         def rows(n: int) -> torch.Tensor:
             if n == model_rows.shape[0]:
                 return model_rows
             if n % model_rows.shape[0] == 0:  # batch folded with frames or tokens, batch-major
-                return model_rows.repeat_interleave(n // model_rows.shape[0])
+                if n not in folded:
+                    folded[n] = model_rows.repeat_interleave(n // model_rows.shape[0])
+                return folded[n]
             raise ValueError(f"a LoRA-adapted layer saw {n} rows for a model batch of {model_rows.shape[0]}: "
                              "this model reshapes its batch in a way per-item LoRA cannot follow; use mode 'merge'")
 

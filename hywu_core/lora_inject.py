@@ -6,6 +6,12 @@ per-row product comes from hywu_core.kernels.per_row_lora). The backbone's weigh
 touched: forward hooks are added on entry and removed on exit, also when the block raises.
 Gradients flow into the bundle's factors, which is how the generator is trained end to end
 through a frozen backbone (§3.6).
+
+No hook synchronizes host and device: a blocking CPU -> CUDA copy (`tensor.to("cuda")`) ends in a
+stream synchronize in PyTorch, so factors and row indices move to a CUDA input's device with
+non_blocking=True (PyTorch stages pageable host memory before that call returns), the
+factors once per (device, dtype) and a rows tensor once per device. Rows already on the input's
+device pass through untouched.
 """
 from __future__ import annotations
 
@@ -65,7 +71,9 @@ class PerRowLoRA:
             a, b = self.bundle.A[path], self.bundle.B[path]
             if expert is not None:
                 a, b = a[:, expert], b[:, expert]
-            pair = cast[(path, expert)] = (a.to(device, dtype), b.to(device, dtype))
+            non_blocking = device.type == "cuda"
+            pair = cast[(path, expert)] = (a.to(device, dtype, non_blocking=non_blocking),
+                                           b.to(device, dtype, non_blocking=non_blocking))
         return pair
 
     @contextmanager
@@ -73,13 +81,24 @@ class PerRowLoRA:
         """Inside the block, row i of each target's input uses LoRA rows[i] (rows may be a callable of
         the input's batch size)."""
         handles = []
+        moved: list[tuple[Tensor, torch.device, Tensor]] = []
+
+        def on_device(index: Tensor, device: torch.device) -> Tensor:
+            """index on `device`, copied at most once per (index tensor, device) in a row of calls."""
+            if index.device == device:
+                return index
+            if moved and moved[-1][0] is index and moved[-1][1] == device:
+                return moved[-1][2]
+            copy = index.to(device, non_blocking=device.type == "cuda")
+            moved[:] = [(index, device, copy)]
+            return copy
 
         def hook_for(path: str, expert: int | None):
             def hook(module, args, output):
                 x = args[0]
-                index = rows(x.shape[0]) if callable(rows) else rows
+                index = on_device(rows(x.shape[0]) if callable(rows) else rows, x.device)
                 a, b = self.factors(path, expert, x.device, x.dtype)
-                return output + per_row_lora(x, a, b, index.to(x.device), self.scale).to(output.dtype)
+                return output + per_row_lora(x, a, b, index, self.scale).to(output.dtype)
             return hook
 
         try:

@@ -91,3 +91,23 @@ def test_missing_target_modules_are_named():
     with pytest.raises(ValueError, match="blocks.0.c"):
         with per_row_injection(Tiny(), lora, torch.tensor([0])):
             pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronization needs a CUDA device")
+def test_hooks_do_not_synchronize_host_and_device():
+    """CPU-held factors and rows reach a CUDA input without a stream synchronize: a blocking
+    host -> device copy would raise under torch.cuda.set_sync_debug_mode("error")."""
+    model, x = Tiny().cuda(), torch.randn(4, 5, 8, device="cuda")
+    for rows in (torch.tensor([2, 0, 2, 1]), lambda n: torch.arange(n, device="cuda") % 3):
+        with torch.no_grad(), per_row_injection(model, bundle(3), rows):  # warm-up: kernels compile
+            model(x)
+        lora = bundle(3, seed=1)
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.no_grad(), per_row_injection(model, lora, rows):
+                model(x)
+                model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
