@@ -4,6 +4,8 @@ Row i of a batch uses LoRA item rows[i]: delta_i = scale * (x_i A_{rows[i]}^T) B
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -11,10 +13,11 @@ from torch import Tensor
 def per_row_lora_reference(x: Tensor, A: Tensor, B: Tensor, rows: Tensor, scale: float) -> Tensor:
     """x (R, ..., d_in), A (N, r, d_in), B (N, d_out, r), rows (R,) long -> delta (R, ..., d_out).
 
-    Accumulates in fp32 and returns x's dtype; differentiable in x, A and B.
+    Accumulates in fp32 (fp64 for fp64 inputs) and returns x's dtype; differentiable in x, A and B.
     """
     shape = x.shape
-    flat = x.reshape(shape[0], -1, shape[-1]).float()
-    down = torch.bmm(flat, A.index_select(0, rows).float().transpose(1, 2))
-    up = torch.bmm(down, B.index_select(0, rows).float().transpose(1, 2))
+    acc = torch.promote_types(x.dtype, torch.float32)
+    flat = x.reshape(shape[0], math.prod(shape[1:-1]), shape[-1]).to(acc)
+    down = torch.bmm(flat, A.index_select(0, rows).to(acc).transpose(1, 2))
+    up = torch.bmm(down, B.index_select(0, rows).to(acc).transpose(1, 2))
     return (up * scale).to(x.dtype).reshape(*shape[:-1], B.shape[1])
