@@ -133,6 +133,12 @@ def cmd_demo(args, rest: list[str]) -> int:
     return run.main(rest)
 
 
+def cmd_bench(args, rest: list[str]) -> int:
+    from . import bench
+
+    return bench.main(rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hywu", description="ComfyUI-HY-WU command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,18 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
                                add_help=False)
     demo.set_defaults(handler=cmd_demo)
 
+    bench = commands.add_parser("bench", help="benchmarks: per-sample LoRA cost, generator attention, kernels",
+                                add_help=False)
+    bench.set_defaults(handler=cmd_bench)
+
     from . import generate_lora
 
     generate = commands.add_parser("generate-lora", help="write the LoRA a generator makes for a condition file")
     generate_lora.add_arguments(generate)
     generate.set_defaults(handler=lambda args, rest: generate_lora.run(args))
+
+    from .train import __main__ as train_main
+
+    train = commands.add_parser("train", help="train a generator through a frozen backbone (configs/train/*.toml)")
+    train_main.add_arguments(train)
+    train.set_defaults(handler=lambda args, rest: train_main.run(args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] in ("test", "demo"):
+    if argv and argv[0] in ("test", "bench", "demo"):
         args, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = parser.parse_args(argv), []

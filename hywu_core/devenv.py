@@ -49,6 +49,8 @@ SUBCOMMANDS = {
     "run": "run an API-format workflow headless: ./hywu run WORKFLOW.json [--input NODE.FIELD=VALUE ...] [--out DIR]",
     "demo": "the main job: the embedded HY-WU demo",
     "generate-lora": "write the LoRA a generator makes for a condition file",
+    "train": "train a generator through a frozen backbone: ./hywu train CONFIG [--resume]",
+    "bench": "benchmarks: per-sample LoRA cost, end-to-end overhead, generator attention, kernels",
 }
 
 

@@ -7,6 +7,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from hywu_core import devenv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,3 +136,10 @@ def test_pack_folder_in_the_way_is_not_overwritten(hywu, comfyui_dir, tmp_path):
     assert result.returncode == 1
     assert "exists and is not a link to this checkout" in result.stderr
     assert (own / "custom_nodes" / devenv.PACK_LINK_NAME).is_dir()
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "generate-lora", "train", "bench"])
+def test_every_python_subcommand_is_reachable_through_the_bootstrap(hywu, command):
+    result = hywu(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout

@@ -1,0 +1,158 @@
+"""The editing objective L_edit of §3.6: the backbone's own denoising loss, per-sample LoRA injected.
+
+For sample i with clean latent x0_i, noise n_i and a noise level sigma_i drawn from the
+backbone's own training schedule (model_sampling.sigmas: its discretisation, shift included):
+
+    x_t = model_sampling.noise_scaling(sigma_i, n_i, x0_i)        (CONST flow: sigma n + (1 - sigma) x0)
+    D   = BaseModel.apply_model(x_t, sigma_i, **conds_i)           with LoRA_i injected (dynamic path)
+
+ComfyUI's apply_model returns the denoised estimate D = calculate_denoised(sigma, out, x_t), which
+is affine in the raw network output `out` for every parameterisation ComfyUI has (EPS, V, EDM,
+CONST flow matching, X0, ...): D = a + b * out. The loss is taken on the raw output, i.e. in the
+model's own parameterisation: L_i = mean(((D - x0_i) / b)^2) = mean((out - out*)^2), with b read
+off calculate_denoised itself. For flow matching this is the velocity loss |v - (n - x0)|^2, for
+EPS the noise loss |eps - n|^2.
+
+conds_i are what ComfyUI's sampler feeds the model (convert_cond + encode_model_conds with the
+model's extra_conds, then process_cond and cond_cat, as samplers.calc_cond_batch does), so
+concat images, reference latents, pooled vectors, guidance etc. enter exactly as in sampling.
+Samples whose conditioning cannot be concatenated (e.g. different text lengths for a model with
+attention masks) run as separate forward passes, like ComfyUI's own batching.
+
+Gradients: the backbone is frozen. The bundle that reaches the backbone is a detached leaf copy
+of the generated one; each group's loss is back-propagated into it inside the injection (so
+gradient-checkpointed blocks recompute with the LoRA in place), and the caller back-propagates
+the leaf gradients through the generator once.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+
+from ..lora import LoRABundle
+from ..lora_inject import per_row_injection
+
+
+def sample_noise(shape: tuple[int, ...], sigmas: Tensor, seed: int, sample_index: int) -> tuple[Tensor, Tensor]:
+    """(noise of `shape`, sigma) for one sample, from a stream keyed by (seed, global sample index):
+    the same sample gets the same draw however the batch is split over processes and micro-steps."""
+    generator = torch.Generator().manual_seed((seed * 0x9E3779B1 + sample_index) % (2 ** 63))
+    noise = torch.randn(shape, generator=generator)
+    k = int(torch.randint(len(sigmas), (1,), generator=generator))
+    return noise, sigmas.detach().float().cpu()[k].reshape(())
+
+
+def leaf_bundle(bundle: LoRABundle) -> LoRABundle:
+    """A copy of the bundle whose factors are fresh leaves that collect gradients."""
+    return LoRABundle(bundle.spec, bundle.rank, bundle.alpha,
+                      {p: t.detach().requires_grad_() for p, t in bundle.A.items()},
+                      {p: t.detach().requires_grad_() for p, t in bundle.B.items()})
+
+
+def backward_into_generator(bundle: LoRABundle, leaf: LoRABundle) -> None:
+    """Back-propagate the leaf's gradients through the generated bundle into the generator."""
+    tensors, grads = [], []
+    for factors, leaves in ((bundle.A, leaf.A), (bundle.B, leaf.B)):
+        for path, tensor in factors.items():
+            if leaves[path].grad is not None and tensor.requires_grad:
+                tensors.append(tensor)
+                grads.append(leaves[path].grad.to(tensor.dtype))
+    if tensors:
+        torch.autograd.backward(tensors, grads)
+
+
+class DenoisingObjective:
+    """L_edit for a Backbone (train.backbone.Backbone): per-sample losses, back-propagated into a LoRA leaf."""
+
+    def __init__(self, backbone, block_checkpointing: bool = False, spec=None):
+        self.backbone = backbone
+        self.checkpoint_blocks = backbone.block_modules(spec) if block_checkpointing else []
+
+    def model_conds(self, positive: list, x0: Tensor, noise: Tensor, seed: int) -> dict:
+        """ComfyUI's per-sample model inputs (batch 1) for a positive conditioning list."""
+        import comfy.sampler_helpers
+        import comfy.samplers
+
+        conds = comfy.sampler_helpers.convert_cond(positive)
+        if len(conds) != 1:
+            raise ValueError(f"an edit's conditioning must be one entry, got {len(conds)} (area or timestep-range "
+                             "conditioning is not supported in training)")
+        model = self.backbone.model.model
+        device = self.backbone.device
+        empty = model.process_latent_in(torch.zeros_like(x0))
+        conds = comfy.samplers.encode_model_conds(model.extra_conds, conds, noise.to(device), device, "positive",
+                                                  latent_image=empty.to(device), seed=seed)
+        return {k: v.process_cond(batch_size=1, area=None) for k, v in conds[0]["model_conds"].items()}
+
+    @staticmethod
+    def _concatable(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(a[k].can_concat(b[k]) for k in a)
+
+    def backward(self, leaf: LoRABundle, conds: list[dict], x0: Tensor, noise: Tensor, sigma: Tensor,
+                 weight: float) -> Tensor:
+        """Run the backbone on every sample with LoRA row i for sample i, back-propagate
+        weight * sum_i L_i into `leaf`, return the per-sample losses L_i (detached, float32)."""
+        return self._run(leaf, conds, x0, noise, sigma, weight)
+
+    @torch.no_grad()
+    def losses(self, bundle: LoRABundle | None, conds: list[dict], x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """The per-sample losses L_i without gradients; bundle None is the base backbone."""
+        return self._run(bundle, conds, x0, noise, sigma, None)
+
+    def _run(self, bundle, conds, x0, noise, sigma, weight) -> Tensor:
+        import comfy.samplers
+
+        from .backbone import checkpointed
+
+        self.backbone.load()
+        device = self.backbone.device
+        model = self.backbone.model.model
+        ms = self.backbone.model_sampling
+        x0, noise, sigma = x0.to(device), noise.to(device), sigma.to(device)
+        groups: list[list[int]] = []
+        for i in range(len(conds)):
+            if groups and self._concatable(conds[groups[-1][0]], conds[i]):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        losses = torch.zeros(len(conds), dtype=torch.float32)
+        options = self.backbone.model.model_options.get("transformer_options", {})
+        for group in groups:
+            rows = torch.tensor(group, dtype=torch.long, device=device)
+            s, x0_g, noise_g = sigma[rows], x0[group], noise[group]
+            x_t = ms.noise_scaling(s, noise_g, x0_g)
+            c = comfy.samplers.cond_cat([conds[i] for i in group])
+            c["transformer_options"] = {**options, "sigmas": s, "cond_or_uncond": [0]}
+            injection = nullcontext() if bundle is None else per_row_injection(self.backbone.diffusion_model, bundle, rows)
+            with injection, checkpointed(self.checkpoint_blocks if weight is not None else []):
+                denoised = model.apply_model(x_t, s, **c)
+                offset = ms.calculate_denoised(s, torch.zeros_like(x_t), x_t)
+                slope = ms.calculate_denoised(s, torch.ones_like(x_t), x_t) - offset
+                per_sample = ((denoised.float() - x0_g.float()) / slope.float()).square().flatten(1).mean(1)
+                if weight is not None:
+                    (per_sample.sum() * weight).backward()
+            losses[group] = per_sample.detach().float().cpu()
+        return losses
+
+
+@torch.no_grad()
+def evaluation_loss(backbone, encoder, generator, dataset, seed: int = 0) -> float:
+    """Mean L_edit over every record of `dataset` with fixed noise and noise levels (keyed by record
+    index and `seed`): with generator None, the base backbone's loss on the same draws."""
+    objective = DenoisingObjective(backbone)
+    total = 0.0
+    for i in range(len(dataset)):
+        batch = dataset.batch([i], [i])
+        x0 = backbone.latents(batch.target)
+        noise, sigma = sample_noise(tuple(x0.shape), backbone.model_sampling.sigmas, seed, i)
+        positive, _, _ = backbone.conditioning(batch.source, batch.instructions[0], batch.references)
+        conds = [objective.model_conds(positive, x0, noise, i)]
+        bundle = None
+        if generator is not None:
+            parameter = next(generator.parameters())
+            cond, mask = encoder.encode(batch.source, batch.instructions, batch.references or None)
+            bundle = generator(cond.to(parameter.device, parameter.dtype), mask.to(parameter.device))
+        total += float(objective.losses(bundle, conds, x0, noise, sigma.reshape(1)).sum())
+    return total / len(dataset)
