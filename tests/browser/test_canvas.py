@@ -15,6 +15,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+INPUT_IMAGES = ("hywu_demo_source.png", "hywu_demo_source_2.png", "hywu_demo_source_3.png")
 ARTIFACTS = Path(os.environ.get("HYWU_ARTIFACTS", REPO / "hywu_output" / "test-artifacts"))
 
 
@@ -32,9 +33,11 @@ def chromium():
 def page(chromium, comfy_server, server_family, client, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    source = tmp_path_factory.mktemp("browser") / "hywu_demo_source.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
-    client.upload_image(source)
+    folder = tmp_path_factory.mktemp("browser")
+    for seed, name in enumerate(INPUT_IMAGES):  # what the workflows' Load Image nodes name
+        pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+        client.upload_image(folder / name)
     # a returning user: the frontend skips its first-run templates dialog
     client._request("/settings/Comfy.TutorialCompleted", b"true", {"Content-Type": "application/json"})
     with sync_playwright() as playwright:
@@ -61,6 +64,13 @@ def page(chromium, comfy_server, server_family, client, tmp_path_factory):
         page.console_errors.clear()
         yield page
         browser.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_errors(request):
+    """Each test judges only the errors logged while it runs."""
+    if "page" in request.fixturenames:
+        request.getfixturevalue("page").console_errors.clear()
 
 
 def load(page, workflow: dict) -> list[str]:
