@@ -2,8 +2,27 @@
 // - gives the pack's nodes (category "HY-WU") one colour;
 // - after HYWUGenerateLoRA runs, draws its per-layer update norms as a bar chart on the node,
 //   with the layer name and value shown while the pointer is over a bar;
-// - shows the text a node reports after running (e.g. HYWUSaveLoRA's file name) on the node.
+// - shows the text a node reports after running (e.g. HYWUSaveLoRA's file name) on the node;
+// - when one of the pack's nodes fails, draws its error text in a red box under that node.
+//
+// ComfyUI 0.3.75 (execution.py) with frontend 1.32.9 (scripts/api.ts, scripts/app.ts):
+// - `api` is an EventTarget: every websocket message becomes a CustomEvent named by its type, with
+//   the message data as `detail`; "executing" alone carries just a node id (display_node || node).
+// - Messages go only to the client that queued the prompt. A prompt sends "execution_start"
+//   {prompt_id, timestamp} first, "executing" for each node that runs (not for cached ones),
+//   "executed" {node, display_node, output, prompt_id} for each node with UI output that runs or
+//   that the run reaches cached (the inner nodes of a fully cached prompt are not reached), then
+//   "execution_success", "execution_interrupted" or "execution_error" {prompt_id, node_id,
+//   node_type, executed, exception_message, exception_type, traceback, current_inputs,
+//   current_outputs}; exception_message is str(exception) plus a newline.
+// - node_id is an execution id: "12" for a node of the root graph, "5:12" for node 12 inside
+//   subgraph node 5. app.graph is the root graph.
+// - On "execution_error" the stock frontend opens its error dialog and outlines the node; on
+//   "execution_start" it forgets the error. LiteGraph calls node.onDrawForeground(ctx) in node
+//   coordinates (origin at the body's top-left, the title above it), also for a collapsed node,
+//   but not in the Vue nodes mode (Comfy.VueNodes.Enabled), which draws neither chart nor box.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const HYWU_COLOR = "#1d3b33";
@@ -11,6 +30,9 @@ const HYWU_BGCOLOR = "#2b5247";
 const SUMMARY_WIDGET = "hywu_summary";
 const CHART_HEIGHT = 90;
 const CHART_MARGIN = 10;
+const ERROR_FONT_SIZE = 12;
+const ERROR_PADDING = 6;
+const ERROR_MIN_WIDTH = 240;
 
 function showSummary(node, text) {
   let widget = node.widgets?.find((w) => w.name === SUMMARY_WIDGET);
@@ -57,12 +79,88 @@ function drawChart(node, ctx) {
   });
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
-  const label = node.hywuHover >= 0
+  // hywuHoverText: the drawn "layer: value" of the bar under the pointer, null when none
+  node.hywuHoverText = node.hywuHover >= 0
     ? `${norms.layers[node.hywuHover]}: ${norms.mean[node.hywuHover].toPrecision(4)}`
-    : `update norm per layer (max ${top.toPrecision(3)})`;
-  ctx.fillText(label, rect.x + 4, rect.y + 11);
+    : null;
+  ctx.fillText(node.hywuHoverText ?? `update norm per layer (max ${top.toPrecision(3)})`, rect.x + 4, rect.y + 11);
   ctx.restore();
   node.hywuChartDrawn = norms.mean.length;
+}
+
+// The error text in lines that fit `width` at the current font (words longer than a line stay whole).
+function wrapText(ctx, text, width) {
+  const lines = [];
+  for (const paragraph of text.split("\n")) {
+    let line = "";
+    for (const word of paragraph.split(/\s+/).filter(Boolean)) {
+      const candidate = line ? `${line} ${word}` : word;
+      if (line && ctx.measureText(candidate).width > width) {
+        lines.push(line);
+        line = word;
+      } else {
+        line = candidate;
+      }
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
+// A red box under the node (under the title when collapsed) with the node's error message.
+function drawError(node, ctx) {
+  const [nodeWidth, nodeHeight] = node.renderingSize;
+  const width = Math.max(nodeWidth, ERROR_MIN_WIDTH);
+  const lineHeight = ERROR_FONT_SIZE + 3;
+  ctx.save();
+  ctx.font = `${ERROR_FONT_SIZE}px sans-serif`;
+  const lines = [`${node.type} failed:`, ...wrapText(ctx, node.hywuError, width - 2 * ERROR_PADDING)];
+  const top = nodeHeight + 8;
+  const height = lines.length * lineHeight + 2 * ERROR_PADDING;
+  ctx.globalAlpha = 1;
+  ctx.fillStyle = "#5c1414";
+  ctx.strokeStyle = "#ff5c5c";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  ctx.roundRect(0, top, width, height, 6);
+  ctx.fill();
+  ctx.stroke();
+  ctx.fillStyle = "#ffe3e3";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  lines.forEach((line, i) => ctx.fillText(line, ERROR_PADDING, top + ERROR_PADDING + i * lineHeight));
+  ctx.restore();
+  node.hywuErrorDrawn = (node.hywuErrorDrawn ?? 0) + 1;
+}
+
+// Nodes showing an error; every run starts with "execution_start", which clears them all.
+const failedNodes = new Set();
+
+function nodeByExecutionId(executionId) {
+  let graph = app.graph;
+  let node = null;
+  for (const id of String(executionId).split(":")) {
+    node = graph?.getNodeById(id) ?? null;
+    graph = node?.subgraph;
+  }
+  return node;
+}
+
+function clearErrors() {
+  for (const node of failedNodes) {
+    delete node.hywuError;
+    node.setDirtyCanvas(true, true);
+  }
+  failedNodes.clear();
+}
+
+function showError({ detail }) {
+  if (!String(detail?.node_type ?? "").startsWith("HYWU")) return;
+  const node = nodeByExecutionId(detail.node_id);
+  if (!node) return;
+  node.hywuError = String(detail.exception_message).trim();
+  failedNodes.add(node);
+  node.setDirtyCanvas(true, true);
 }
 
 function addNormsChart(nodeType) {
@@ -84,20 +182,32 @@ function addNormsChart(nodeType) {
     if (!this.flags?.collapsed) drawChart(this, ctx);
     return result;
   };
+  const setHover = (node, hover) => {
+    if (hover === node.hywuHover) return;
+    node.hywuHover = hover;
+    node.setDirtyCanvas(true, false);
+  };
   const onMouseMove = nodeType.prototype.onMouseMove;
   nodeType.prototype.onMouseMove = function (event, localPos) {
     const result = onMouseMove?.apply(this, arguments);
-    const hover = localPos ? barAt(this, localPos[0], localPos[1]) : -1;
-    if (hover !== this.hywuHover) {
-      this.hywuHover = hover;
-      this.setDirtyCanvas(true, false);
-    }
+    setHover(this, localPos ? barAt(this, localPos[0], localPos[1]) : -1);
+    return result;
+  };
+  // LiteGraph calls onMouseMove only while the pointer is over the node
+  const onMouseLeave = nodeType.prototype.onMouseLeave;
+  nodeType.prototype.onMouseLeave = function () {
+    const result = onMouseLeave?.apply(this, arguments);
+    setHover(this, -1);
     return result;
   };
 }
 
 app.registerExtension({
   name: "HYWU.Nodes",
+  setup() {
+    api.addEventListener("execution_start", clearErrors);
+    api.addEventListener("execution_error", showError);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!String(nodeData.category || "").startsWith("HY-WU")) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
@@ -105,6 +215,12 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       this.color = HYWU_COLOR;
       this.bgcolor = HYWU_BGCOLOR;
+      return result;
+    };
+    const onDrawForeground = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function (ctx) {
+      const result = onDrawForeground?.apply(this, arguments);
+      if (this.hywuError) drawError(this, ctx);
       return result;
     };
     if (nodeData.name === "HYWUGenerateLoRA") {

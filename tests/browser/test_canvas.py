@@ -2,7 +2,9 @@
 
 Loads every canvas workflow in workflows/ (no missing node types, no console errors), queues the
 demo edit from the canvas, waits for it, checks that HYWU Generate LoRA drew its update-norm
-chart, and saves a screenshot to hywu_output/test-artifacts/ (HYWU_ARTIFACTS overrides).
+chart and shows each layer's value under the pointer, checks that a failing HY-WU node shows our
+error text in the canvas until a good run, and saves screenshots to hywu_output/test-artifacts/
+(HYWU_ARTIFACTS overrides).
 """
 import json
 import os
@@ -94,35 +96,125 @@ def test_workflow_loads_with_every_node_known(page, path):
     assert page.console_errors == [], "\n".join(page.console_errors)
 
 
-def test_demo_edit_runs_from_the_canvas_and_draws_the_norms_chart(page, client):
-    workflow = json.loads((REPO / "workflows" / "hywu_demo_edit.json").read_text())
-    assert load(page, workflow) == []
-    generate = next(node["id"] for node in workflow["nodes"] if node["type"] == "HYWUGenerateLoRA")
+def queue_and_wait(page, client) -> dict:
+    """Queue the canvas's workflow as the Run button does; returns its history entry once it ended."""
     before = set(client.get_json("/history"))
     page.evaluate("window.app.queuePrompt(0, 1)")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         new = set(client.get_json("/history")) - before
         if new and all(client.history(p)["status"].get("completed") is not None for p in new):
-            break
+            return client.history(new.pop())
         time.sleep(0.5)
-    else:
-        pytest.fail("the queued demo workflow did not finish")
-    entry = client.history(new.pop())
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    page.wait_for_function(f"window.app.graph.getNodeById({generate})?.hywuChartDrawn > 0", timeout=30_000)
-    layers = page.evaluate(f"window.app.graph.getNodeById({generate}).hywuNorms.layers.length")
-    assert layers == len(entry["outputs"][str(generate)]["hywu_norms"][0]["layers"]) > 0
+    pytest.fail("the queued demo workflow did not finish")
+
+
+def node_id(workflow: dict, node_type: str) -> int:
+    return next(node["id"] for node in workflow["nodes"] if node["type"] == node_type)
+
+
+def set_instruction(page, workflow: dict, text: str) -> None:
+    """Set the demo workflow's Instruction node (it feeds Encode Condition and the backbone's prompt)."""
+    instruction = node_id(workflow, "PrimitiveStringMultiline")
+    page.evaluate(f"(text) => {{ window.app.graph.getNodeById({instruction}).widgets[0].value = text; }}", text)
+
+
+def show_node(page, node: int) -> None:
     page.evaluate(f"""() => {{
         const canvas = window.app.canvas;
         canvas.ds.scale = 1.2;
-        canvas.centerOnNode(window.app.graph.getNodeById({generate}));
+        canvas.centerOnNode(window.app.graph.getNodeById({node}));
         canvas.setDirty(true, true);
     }}""")
     page.wait_for_timeout(500)
+
+
+def screenshot(page, name: str):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "canvas_demo_edit.png"
+    shot = ARTIFACTS / name
     page.screenshot(path=str(shot))
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def run_demo_edit(page, client, instruction: str | None = None) -> tuple[int, dict]:
+    """Run the demo edit from the canvas; returns HYWU Generate LoRA's node id and its update norms.
+
+    A prompt the server has run before sends no "executed" for its cached inner nodes, so a test
+    that needs the chart drawn again gives another instruction."""
+    workflow = json.loads((REPO / "workflows" / "hywu_demo_edit.json").read_text())
+    assert load(page, workflow) == []
+    if instruction is not None:
+        set_instruction(page, workflow, instruction)
+    generate = node_id(workflow, "HYWUGenerateLoRA")
+    entry = queue_and_wait(page, client)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    page.wait_for_function(f"window.app.graph.getNodeById({generate})?.hywuChartDrawn > 0", timeout=30_000)
+    return generate, entry["outputs"][str(generate)]["hywu_norms"][0]
+
+
+def test_demo_edit_runs_from_the_canvas_and_draws_the_norms_chart(page, client):
+    generate, norms = run_demo_edit(page, client)
+    layers = page.evaluate(f"window.app.graph.getNodeById({generate}).hywuNorms.layers.length")
+    assert layers == len(norms["layers"]) > 0
+    show_node(page, generate)
+    screenshot(page, "canvas_demo_edit.png")
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_norms_chart_shows_the_layer_update_norm_under_the_pointer(page, client):
+    generate, norms = run_demo_edit(page, client, "make the image darker")
+    show_node(page, generate)
+
+    def point(x_fraction: float) -> list[float]:
+        """The page position of a point near the chart's bottom, x_fraction across its width
+        (the chart spans the node's width less 10 on each side and ends 10 above its bottom)."""
+        return page.evaluate(f"""() => {{
+            const node = window.app.graph.getNodeById({generate});
+            const [width, height] = node.size;
+            const [x, y] = window.app.canvas.ds.convertOffsetToCanvas(
+                [node.pos[0] + 10 + {x_fraction} * (width - 20), node.pos[1] + height - 15]);
+            const box = window.app.canvas.canvas.getBoundingClientRect();
+            return [box.left + x, box.top + y];
+        }}""")
+
+    def hover_text(x_fraction: float):
+        page.mouse.move(*point(x_fraction))
+        page.wait_for_timeout(300)
+        return page.evaluate(f"window.app.graph.getNodeById({generate}).hywuHoverText")
+
+    count = len(norms["mean"])
+    for i, (layer, value) in enumerate(zip(norms["layers"], norms["mean"])):
+        name, shown = hover_text((i + 0.5) / count).rsplit(": ", 1)
+        assert name == layer
+        assert float(shown) == float(f"{value:.4g}")  # the server's norm to 4 significant digits
+    assert hover_text(1.2) is None  # right of the node: no bar, no value
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_a_failing_node_shows_its_error_in_the_canvas_until_a_good_run(page, client):
+    workflow = json.loads((REPO / "workflows" / "hywu_demo_edit.json").read_text())
+    assert load(page, workflow) == []
+    encode = node_id(workflow, "HYWUEncodeCondition")
+    node = f"window.app.graph.getNodeById({encode})"
+    set_instruction(page, workflow, "")
+    entry = queue_and_wait(page, client)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    error = next(data for kind, data in entry["status"]["messages"] if kind == "execution_error")
+    assert (error["node_id"], error["node_type"]) == (str(encode), "HYWUEncodeCondition")
+    page.wait_for_function(f"{node}.hywuErrorDrawn > 0", timeout=30_000)
+    shown = page.evaluate(f"{node}.hywuError")
+    assert shown == error["exception_message"].strip()
+    assert shown.startswith("the instruction is empty: describe the edit")
+    page.keyboard.press("Escape")  # the stock error dialog, so that the screenshot shows the canvas
+    show_node(page, encode)
+    screenshot(page, "canvas_node_error.png")
+
+    set_instruction(page, workflow, "make the image brighter")
+    entry = queue_and_wait(page, client)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    page.wait_for_function(f"{node}.hywuError === undefined", timeout=30_000)
+    drawn = page.evaluate(f"{node}.hywuErrorDrawn")
+    page.evaluate("window.app.canvas.draw(true, true)")
+    assert page.evaluate(f"{node}.hywuErrorDrawn") == drawn  # the box is no longer drawn
     assert page.console_errors == [], "\n".join(page.console_errors)
