@@ -173,6 +173,25 @@ def test_stacks_with_a_stock_lora_before_and_after(backbone):
     assert (edit(apply_dynamic(before, ours), clip, vae, source) - expected).abs().max() < 1e-4
 
 
+def test_a_stock_lora_stacks_after_dynamic_under_cfg(backbone):
+    """LoraLoader's patches on top of HYWUApplyLoRA's dynamic clone: each row gets its own LoRA plus the stock one."""
+    import comfy.sd
+
+    from hywu_core.comfy_lora import apply_dynamic, apply_merge
+
+    _, (model, clip, vae) = backbone
+    ours, other = random_bundle(model, 2, seed=14), random_bundle(model, 1, seed=15)
+    source = images(2, seed=16)
+    after, _ = comfy.sd.load_lora_for_models(apply_dynamic(model, ours), None, other.to_comfy_state_dict(0), 1.0, 0)
+    together = edit(after, clip, vae, source, cfg=3.0)
+    for row in range(2):
+        solo = edit(apply_merge(apply_merge(model, ours, item=row), other), clip, vae, source[row:row + 1], cfg=3.0,
+                    noise_index=row)
+        assert (together[row] - solo[0]).abs().max() < 1e-4, f"row {row}"
+    dynamic_only = edit(apply_dynamic(model, ours), clip, vae, source, cfg=3.0)
+    assert (together - dynamic_only).abs().max() > 1e-2, "the stock LoRA should change the output"
+
+
 def test_a_lora_for_another_backbone_names_the_mismatch(backbone):
     from hywu_core.comfy_lora import apply_dynamic, apply_merge
     from hywu_core.demo.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone

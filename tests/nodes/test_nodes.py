@@ -120,3 +120,34 @@ def test_apply_merge_refuses_a_batch_of_different_loras(pack, models, outputs):
         pack.nodes.HYWUApplyLoRA.execute(model=model, lora=outputs[4].result[0], strength=1.0, mode="merge")
     assert pack.nodes.HYWUApplyLoRA.execute(model=model, lora=outputs[4].result[0], strength=0.0,
                                             mode="auto").result[0] is model
+
+
+def applied_as(patched) -> str:
+    """How HYWUApplyLoRA put the LoRA on the model: "merge" (weight patches), "dynamic" (its forward wrapper)."""
+    import comfy.patcher_extension
+
+    wrappers = patched.wrappers.get(comfy.patcher_extension.WrappersMP.APPLY_MODEL, {})
+    dynamic = any(key.startswith("hywu_dynamic_") for key in wrappers)
+    return {(True, False): "merge", (False, True): "dynamic"}.get((bool(patched.patches), dynamic), "neither or both")
+
+
+def test_apply_auto_merges_one_shared_lora_and_goes_dynamic_otherwise(pack, models, outputs):
+    from hywu_core.demo.backbone import load_demo_checkpoint
+
+    nodes = pack.nodes
+    encoder, generator, images, _, generated = outputs
+    different = generated.result[0]
+    single = nodes.HYWUAverageLoRA.execute(lora=different, space="parameters").result[0]
+    same_twice = nodes.HYWUEncodeCondition.execute(encoder=encoder, image=images[:1].repeat(2, 1, 1, 1),
+                                                   instruction="brighten").result[0]
+    shared = nodes.HYWUGenerateLoRA.execute(generator=generator, condition=same_twice).result[0]
+    assert (single.batch_size, shared.batch_size, different.batch_size) == (1, 2, 2)
+    model, _, _ = load_demo_checkpoint(models[1].backbone)
+
+    def apply(lora, mode):
+        return applied_as(nodes.HYWUApplyLoRA.execute(model=model, lora=lora, strength=1.0, mode=mode).result[0])
+
+    assert apply(shared, "merge") == "merge" and apply(shared, "dynamic") == "dynamic"
+    assert apply(single, "auto") == "merge"
+    assert apply(shared, "auto") == "merge"
+    assert apply(different, "auto") == "dynamic"

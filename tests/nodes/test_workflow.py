@@ -151,6 +151,20 @@ def test_dynamic_equals_merge_when_the_batch_shares_one_lora(client, family, upl
         assert np.abs(a - b).max() <= 1
 
 
+def test_auto_merges_a_shared_lora_and_goes_dynamic_for_different_ones(client, family, upload):
+    image, other = upload(20), upload(21)
+    for shared in ([image], [image, image]):
+        auto = run_images(client, edit_prompt(shared, "blur the image", mode="auto"))
+        merged = run_images(client, edit_prompt(shared, "blur the image", mode="merge"))
+        assert len(auto) == len(merged) == len(shared)
+        assert all(np.array_equal(a, m) for a, m in zip(auto, merged)), f"auto differs from merge for {len(shared)}"
+    different = ([image, other], "blur the image\nturn it grayscale")
+    auto = run_images(client, edit_prompt(*different, mode="auto"))
+    dynamic = run_images(client, edit_prompt(*different, mode="dynamic"))
+    assert len(auto) == len(dynamic) == 2
+    assert all(np.array_equal(a, d) for a, d in zip(auto, dynamic))
+
+
 def test_each_row_of_a_cfg_batch_equals_its_solo_run(client, family, upload):
     images = [upload(10 + i) for i in range(3)]
     batch = run_images(client, edit_prompt(images, "\n".join(INSTRUCTIONS[:3]), mode="dynamic", cfg=2.5))
@@ -191,8 +205,10 @@ def test_twenty_queued_prompts_equal_their_solo_runs_and_leave_the_base_weights(
 @pytest.fixture(scope="module")
 def broken(family, comfy_server):
     """Files that must be refused: a generator for another backbone, a wider encoder, a truncated
-    generator, a generator writing NaN, an encoder computing NaN, a truncated encoder."""
+    generator, generators with a corrupted header or corrupted weights, generators writing NaN or
+    Inf, encoders computing NaN or Inf, a truncated encoder."""
     import shutil
+    import struct
 
     import torch
     from safetensors.torch import load_file, save_file
@@ -209,21 +225,30 @@ def broken(family, comfy_server):
     build_tiny_siglip2(models / "hywu_encoders" / "wide", width=48)
     data = family.generator.read_bytes()
     (models / "hywu" / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    nan_generator = load_generator(family.generator)
-    with torch.no_grad():
-        nan_generator.nnt.head_B.bias.fill_(float("nan"))
-    save_generator(models / "hywu" / "nan.safetensors", nan_generator)
-    for name, damage in (("nan_encoder", "nan"), ("truncated_encoder", "truncate")):
+    header_end = 8 + struct.unpack("<Q", data[:8])[0]  # safetensors: u64 header length, JSON header, tensor bytes
+    middle = (header_end + len(data)) // 2
+    for name, start, junk in (("corrupt_header", header_end // 2, b"\x00" * 64),
+                              ("corrupt_weights", middle, b"\xff" * 4096)):  # 0xffffffff is a float32 NaN
+        (models / "hywu" / f"{name}.safetensors").write_bytes(data[:start] + junk + data[start + len(junk):])
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):
+        damaged_generator = load_generator(family.generator)
+        with torch.no_grad():
+            damaged_generator.nnt.head_B.bias.fill_(value)
+        save_generator(models / "hywu" / f"{name}.safetensors", damaged_generator)
+    for name, damage in (("nan_encoder", "nan"), ("inf_encoder", "inf"), ("truncated_encoder", "truncate")):
         folder = models / "hywu_encoders" / name
         shutil.copytree(family.encoder, folder)
         weights = folder / "model.safetensors"
+        if damage == "truncate":
+            weights.write_bytes(weights.read_bytes()[:1000])
+            continue
+        tensors = load_file(weights)
         if damage == "nan":
-            tensors = load_file(weights)
             key = next(k for k in tensors if "vision_model" in k and k.endswith("layer_norm1.weight"))
             tensors[key] = torch.full_like(tensors[key], float("nan"))
-            save_file(tensors, weights, metadata={"format": "pt"})
-        else:
-            weights.write_bytes(weights.read_bytes()[:1000])
+        else:  # the last vision LayerNorm's bias: every image token of U is +Inf (not NaN)
+            tensors["vision_model.post_layernorm.bias"].fill_(float("inf"))
+        save_file(tensors, weights, metadata={"format": "pt"})
 
 
 def with_inputs(node: str, **inputs):
@@ -233,31 +258,52 @@ def with_inputs(node: str, **inputs):
     return change
 
 
+FIRST_MODULE = "joint_blocks.0.context_block.attn.qkv"  # the first adapted module of the demo backbone
+GENERATED_NON_FINITE = "the generated LoRA has NaN/Inf values in"
+CONDITION_NON_FINITE = "the condition encoder produced NaN/Inf features"
+
+# case -> (change to the good prompt, fragments the error text must contain)
 BAD_INPUTS = {
     "generator for another backbone": (with_inputs("generator", generator="other_backbone.safetensors"),
-                                       "does not match this model"),
+                                       ("does not match this model, 11 mismatch(es)",
+                                        "joint_blocks.2.context_block.attn.proj: missing; "
+                                        "joint_blocks.2.context_block.mlp.fc1: missing",
+                                        "joint_blocks.2.context_block.adaLN_modulation.1: shape differs, model has "
+                                        "(d_in=128, d_out=256), spec has (d_in=128, d_out=768)",
+                                        "joint_blocks.3.context_block.attn.qkv: missing")),
     "encoder width differs from the generator": (with_inputs("encoder", encoder="wide"),
-                                                 "condition is 48 wide"),
-    "empty instruction": (with_inputs("condition", instruction="  \n "), "instruction is empty"),
+                                                 ("condition is 48 wide",)),
+    "empty instruction": (with_inputs("condition", instruction="  \n "), ("instruction is empty",)),
     "instructions do not match the batch": (with_inputs("condition", instruction="a\nb\nc"),
-                                            "3 instruction lines for a batch of 2 images"),
+                                            ("3 instruction lines for a batch of 2 images",)),
     "truncated generator file": (with_inputs("generator", generator="truncated.safetensors"),
-                                 "may be truncated"),
-    "generator writes NaN": (with_inputs("generator", generator="nan.safetensors"), "NaN/Inf values"),
-    "encoder computes NaN": (with_inputs("encoder", encoder="nan_encoder"), "NaN/Inf"),
-    "truncated encoder file": (with_inputs("encoder", encoder="truncated_encoder"), "truncated"),
+                                 ("may be truncated",)),
+    "generator file with a corrupted header": (with_inputs("generator", generator="corrupt_header.safetensors"),
+                                               ("corrupt_header.safetensors: not a readable safetensors file",
+                                                "invalid JSON in header")),
+    "generator file with corrupted weights": (with_inputs("generator", generator="corrupt_weights.safetensors"),
+                                              (GENERATED_NON_FINITE, "refusing to apply it",
+                                               "The generator file is corrupt")),
+    "generator writes NaN": (with_inputs("generator", generator="nan.safetensors"),
+                             (f"{GENERATED_NON_FINITE} {FIRST_MODULE} (B); refusing to apply it",)),
+    "generator writes Inf": (with_inputs("generator", generator="inf.safetensors"),
+                             (f"{GENERATED_NON_FINITE} {FIRST_MODULE} (B); refusing to apply it",)),
+    "encoder computes NaN": (with_inputs("encoder", encoder="nan_encoder"), (CONDITION_NON_FINITE,)),
+    "encoder computes Inf": (with_inputs("encoder", encoder="inf_encoder"), (CONDITION_NON_FINITE,)),
+    "truncated encoder file": (with_inputs("encoder", encoder="truncated_encoder"), ("truncated",)),
     "file outside the model folders": (with_inputs("generator", generator="../checkpoints/hywu_demo.safetensors"),
-                                       "points outside the model folder"),
+                                       ("points outside the model folder",)),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gives_a_clear_error_and_the_server_keeps_serving(client, broken, upload, case):
-    change, message = BAD_INPUTS[case]
+    change, fragments = BAD_INPUTS[case]
     images = [upload(300), upload(301)]
     with pytest.raises(PromptFailed) as failure:
         client.run(change(edit_prompt(images, "make the image brighter")))
-    assert message in str(failure.value), str(failure.value)
+    for fragment in fragments:
+        assert fragment in str(failure.value), str(failure.value)
     seed = 400 + list(BAD_INPUTS).index(case)
     assert len(run_images(client, edit_prompt(images, "make the image brighter", seed=seed))) == 2
 
