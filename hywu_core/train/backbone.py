@@ -176,22 +176,31 @@ def load_backbone(config: TrainConfig, output: Path | None = None) -> Backbone:
         import comfy.sd
         import comfy.utils
 
+        # comfy.sd.VAE given weights it does not recognise builds no model (first_stage_model None, a log
+        # warning) instead of failing, and a checkpoint loader returns such a VAE for a checkpoint without VAE
+        # weights; the stock loader nodes refuse it (throw_exception_if_invalid), and so does training. The VAE
+        # file, the smallest, is read first: a wrong one is named before the large files load.
         if b.checkpoint:
             model, clip, vae = comfy.sd.load_checkpoint_guess_config(
                 _safetensors(config, b.checkpoint, "checkpoint"), output_vae=True, output_clip=True)[:3]
-            if clip is None or vae is None:
-                raise BackboneError(f"backbone.checkpoint {b.checkpoint!r} holds no text encoder or VAE; name them "
-                                    "with backbone.diffusion_model + text_encoders + vae instead")
+            missing = [name for name, absent in (("text encoder", clip is None),
+                                                 ("VAE", vae.first_stage_model is None)) if absent]
+            if missing:
+                raise BackboneError(f"backbone.checkpoint {b.checkpoint!r} holds no {' and no '.join(missing)}; name "
+                                    "the files with backbone.diffusion_model + text_encoders + vae instead")
         else:
-            model = comfy.sd.load_diffusion_model(_safetensors(config, b.diffusion_model, "diffusion_model"),
-                                                  model_options=_weight_dtype_options(b.weight_dtype))
             clip_type = getattr(comfy.sd.CLIPType, b.text_encoder_type.upper(), None)
             if clip_type is None:
                 raise BackboneError(f"backbone.text_encoder_type = {b.text_encoder_type!r} is not a ComfyUI CLIP type; "
                                     f"use one of {', '.join(t.name.lower() for t in comfy.sd.CLIPType)}")
+            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(_safetensors(config, b.vae, "vae"), safe_load=True))
+            if vae.first_stage_model is None:
+                raise BackboneError(f"backbone.vae = {b.vae!r}: ComfyUI recognises no VAE in this file; name a VAE "
+                                    "file (models/vae, what the stock Load VAE node reads)")
+            model = comfy.sd.load_diffusion_model(_safetensors(config, b.diffusion_model, "diffusion_model"),
+                                                  model_options=_weight_dtype_options(b.weight_dtype))
             clip = comfy.sd.load_clip(ckpt_paths=[_safetensors(config, p, "text_encoders") for p in b.text_encoders],
                                       clip_type=clip_type)
-            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(_safetensors(config, b.vae, "vae"), safe_load=True))
     return Backbone(model, clip, vae, b.edit, b.negative_prompt).load()
 
 

@@ -49,10 +49,12 @@ def _value(value) -> str:
 
 
 def write_config(folder: Path, name: str = "train.toml", **sections) -> Path:
-    """TINY with sections updated key by key (e.g. train={"steps": 8}), written as TOML into folder."""
+    """TINY with sections updated key by key (e.g. train={"steps": 8}; a key set to None is left out),
+    written as TOML into folder."""
     tables = {k: dict(v) for k, v in TINY.items()}
     for section, values in sections.items():
         tables[section].update(values)
+        tables[section] = {k: v for k, v in tables[section].items() if v is not None}
     lines = []
     for section, values in tables.items():
         lines.append(f"[{section}]")
