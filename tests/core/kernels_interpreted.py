@@ -26,30 +26,51 @@ import sys
 import tempfile
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
-D_IN, D_OUT, N_ITEMS = 200, 150, 3
-ROWS = [2, 0, 2, 1, 0]   # unsorted, item 0 and item 2 used twice
+N_ITEMS = 3
+ROWS = (2, 0, 2, 1, 0)   # unsorted, item 0 and item 2 used twice
+SHAPE = (200, 150)       # (d_in, d_out): more than one K tile and N tile, the last of each ragged
+SHAPES = (
+    (17, 33),            # odd, both below one tile
+    (64, 64),            # powers of two: one whole K tile at rank 128 (BLOCK_K 64), half of one at rank 4
+    (128, 256),          # d_out > d_in, whole K and N tiles (two N tiles, four at rank 128)
+    (300, 40),           # d_in over three K tiles (five at rank 128), the last ragged; d_out below one N tile
+)
+DTYPES = ("float32", "float16", "bfloat16")
 SCALE = 0.5
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}   # max |y - truth| / max |truth|
 
 
 def _case(dtype: str, rank: int, tokens: tuple[int, ...], add: bool = False, split_k: int | None = None,
-          strided: bool = False) -> dict:
-    tag = "x".join(map(str, tokens))
+          strided: bool = False, shape: tuple[int, int] = SHAPE, rows: tuple[int, ...] = ROWS) -> dict:
+    """One kernel call: x (len(rows), *tokens, d_in) -- tokens () is a 2-D x, one token per row --
+    through a stack of N_ITEMS LoRAs of this rank; the id names shape and rows when not the defaults."""
+    tag = f"-t{'x'.join(map(str, tokens))}" if tokens else "-2d"
     extra = ("-add" if add else "") + (f"-splitk{split_k}" if split_k else "") + ("-strided" if strided else "")
-    return {"id": f"{dtype}-r{rank}-t{tag}{extra}", "dtype": dtype, "rank": rank, "tokens": list(tokens),
-            "add": add, "split_k": split_k, "strided": strided}
+    extra += (f"-{shape[0]}x{shape[1]}" if shape != SHAPE else "") + (f"-R{len(rows)}" if rows != ROWS else "")
+    return {"id": f"{dtype}-r{rank}{tag}{extra}", "dtype": dtype, "rank": rank, "tokens": list(tokens),
+            "add": add, "split_k": split_k, "strided": strided, "d_in": shape[0], "d_out": shape[1],
+            "rows": list(rows)}
 
 
 CASES = (
-    [_case(dtype, rank, tokens) for dtype in ("float32", "float16", "bfloat16") for rank in (4, 16, 128)
-     for tokens in ((1,), (37,))]
-    + [_case(dtype, 16, (37,), add=True) for dtype in ("float32", "float16", "bfloat16")]
+    [_case(dtype, rank, tokens) for dtype in DTYPES for rank in (4, 16, 128) for tokens in ((1,), (37,))]
+    + [_case(dtype, 16, (37,), add=True) for dtype in DTYPES]
     + [_case("float32", 16, (70,)), _case("bfloat16", 16, (70,)),          # two token blocks
        _case("float32", 16, (1,), split_k=3), _case("bfloat16", 4, (1,), split_k=2),
        _case("float16", 16, (3, 5)),                                       # x (R, 3, 5, d_in)
        _case("bfloat16", 16, (37,), strided=True)]                         # factors are expert slices
+    # other widths, at both ends of the rank range
+    + [_case(dtype, rank, tokens, shape=shape) for shape in SHAPES for dtype in DTYPES for rank in (4, 128)
+       for tokens in ((1,), (37,))]
+    # one batch row of one token, x (1, d_in): at 300 wide the shrink splits d_in over 5 programs itself
+    + [_case(dtype, rank, (), shape=shape, rows=(1,)) for dtype in DTYPES
+       for rank, shape in ((4, (17, 33)), (128, (300, 40)))]
+    + [_case("float32", 16, (1,), split_k=2, shape=(300, 40)),              # each split runs the K loop twice
+       _case("bfloat16", 128, (37,), add=True, shape=(128, 256)),
+       _case("float16", 4, (37,), strided=True, shape=(17, 33))]
 )
 MUTANT_CASE = "float32-r16-t37"
 
@@ -82,18 +103,18 @@ def _patch_interpreter():
 
 def _inputs(case: dict, torch):
     dtype = getattr(torch, case["dtype"])
-    g = torch.Generator().manual_seed(case["rank"] * 1000 + sum(case["tokens"]))
-    rank, R = case["rank"], len(ROWS)
-    x = torch.randn(R, *case["tokens"], D_IN, generator=g).to(dtype)
+    rank, d_in, d_out, R = case["rank"], case["d_in"], case["d_out"], len(case["rows"])
+    g = torch.Generator().manual_seed(zlib.crc32(case["id"].encode()))
+    x = torch.randn(R, *case["tokens"], d_in, generator=g).to(dtype)
     if case["strided"]:
-        A = (torch.randn(N_ITEMS, 2, rank, D_IN, generator=g) / D_IN ** 0.5).to(dtype)[:, 1]
-        B = torch.randn(N_ITEMS, 2, D_OUT, rank, generator=g).to(dtype)[:, 0]
+        A = (torch.randn(N_ITEMS, 2, rank, d_in, generator=g) / d_in ** 0.5).to(dtype)[:, 1]
+        B = torch.randn(N_ITEMS, 2, d_out, rank, generator=g).to(dtype)[:, 0]
         assert not A.is_contiguous() and not B.is_contiguous()
     else:
-        A = (torch.randn(N_ITEMS, rank, D_IN, generator=g) / D_IN ** 0.5).to(dtype)
-        B = torch.randn(N_ITEMS, D_OUT, rank, generator=g).to(dtype)
-    out0 = torch.randn(R, *case["tokens"], D_OUT, generator=g).to(dtype) if case["add"] else None
-    return x, A, B, torch.tensor(ROWS), out0
+        A = (torch.randn(N_ITEMS, rank, d_in, generator=g) / d_in ** 0.5).to(dtype)
+        B = torch.randn(N_ITEMS, d_out, rank, generator=g).to(dtype)
+    out0 = torch.randn(R, *case["tokens"], d_out, generator=g).to(dtype) if case["add"] else None
+    return x, A, B, torch.tensor(case["rows"]), out0
 
 
 def _truth(x, A, B, rows, out0, torch):
@@ -111,8 +132,8 @@ def run_case(case: dict, triton_lora, reference, torch) -> dict:
     if case["split_k"]:
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])
         h = triton_lora.shrink(x3, A, rows, split_k=case["split_k"])
-        y = torch.empty(*x.shape[:-1], D_OUT, dtype=x.dtype)
-        triton_lora.expand(h, B, rows, y.view(x.shape[0], -1, D_OUT), SCALE, add=False)
+        y = torch.empty(*x.shape[:-1], case["d_out"], dtype=x.dtype)
+        triton_lora.expand(h, B, rows, y.view(x.shape[0], -1, case["d_out"]), SCALE, add=False)
     elif case["add"]:
         y = out0.clone()
         returned = triton_lora.per_row_lora_triton(x, A, B, rows, SCALE, out=y)

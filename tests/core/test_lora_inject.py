@@ -2,9 +2,12 @@
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
+from hywu_core import lora_inject
 from hywu_core.lora import LoRABundle
-from hywu_core.lora_inject import per_row_injection
+from hywu_core.lora_inject import PerRowLoRA, per_row_injection
 from hywu_core.targets import TargetBlock, TargetModule, TargetSpec
 
 
@@ -91,6 +94,90 @@ def test_missing_target_modules_are_named():
     with pytest.raises(ValueError, match="blocks.0.c"):
         with per_row_injection(Tiny(), lora, torch.tensor([0])):
             pass
+
+
+class FactorUse(TorchFunctionMode):
+    """Counts the torch calls that take one of the bundle's own factor tensors (or a view of one) outside
+    the per-row kernel, and records the (A, B) each hook hands to the kernel, in call order."""
+
+    def __init__(self, lora: LoRABundle, monkeypatch):
+        super().__init__()
+        self.storages = {t.untyped_storage().data_ptr() for t in (*lora.A.values(), *lora.B.values())}
+        self.reads, self.passed, self.in_kernel = 0, [], False
+        kernel = lora_inject.per_row_lora
+
+        def counted_kernel(x, a, b, rows, scale):
+            self.passed.append((a, b))
+            self.in_kernel = True
+            try:
+                return kernel(x, a, b, rows, scale)
+            finally:
+                self.in_kernel = False
+
+        monkeypatch.setattr(lora_inject, "per_row_lora", counted_kernel)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.in_kernel and any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.storages
+                                      for t in tree_leaves((args, kwargs))):
+            self.reads += 1
+        return func(*args, **kwargs)
+
+    def step(self, run) -> tuple[int, list, torch.Tensor]:
+        """(bundle reads, factors handed to the kernel, output) of one call of run()."""
+        reads, passed = self.reads, len(self.passed)
+        out = run()
+        return self.reads - reads, self.passed[passed:], out
+
+
+TARGETS = 7   # Linears the bundle adapts in Tiny: 2 x (a, b) and 3 experts
+
+
+def test_one_injection_casts_the_factors_at_the_first_step_only(monkeypatch):
+    """A sampler calls the model once per step inside the injection: the first call reads A and B of
+    every target from the bundle and casts them to the model's dtype; every later call hands the kernel
+    the very same cached tensors and reads nothing from the bundle (no per-step copies or casts)."""
+    model, lora, x = Tiny().to(torch.bfloat16), bundle(3), torch.randn(4, 5, 8, dtype=torch.bfloat16)
+    use = FactorUse(lora, monkeypatch)
+    with torch.no_grad(), per_row_injection(model, lora, torch.tensor([2, 0, 2, 1])), use:
+        steps = [use.step(lambda: model(x)) for _ in range(4)]
+    (first_reads, first, first_out), later = steps[0], steps[1:]
+    assert first_reads >= 2 * TARGETS and len(first) == TARGETS
+    assert all(a.dtype == b.dtype == torch.bfloat16 for a, b in first)
+    for reads, passed, out in later:
+        assert reads == 0
+        assert all(a is a0 and b is b0 for (a, b), (a0, b0) in zip(passed, first, strict=True))
+        torch.testing.assert_close(out, first_out, rtol=0, atol=0)
+
+
+def test_an_injection_per_step_casts_once_per_device_and_dtype(monkeypatch):
+    """ComfyUI's dynamic mode keeps one PerRowLoRA and enters inject() at every step; with models of
+    two dtypes taking turns, each dtype's factors are cast at its first step only and reused after."""
+    lora = bundle(3)
+    injection = PerRowLoRA(lora, 0.5)
+    rows = torch.tensor([2, 0, 2, 1])
+    base = Tiny()
+    models = {dtype: Tiny().to(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    for model in models.values():
+        model.load_state_dict(base.state_dict())
+    use = FactorUse(lora, monkeypatch)
+
+    def sampler_step(dtype):
+        with injection.inject(models[dtype], rows):
+            return models[dtype](torch.ones(4, 5, 8, dtype=dtype))
+
+    with torch.no_grad(), use:
+        steps = [(dtype, *use.step(lambda: sampler_step(dtype))) for _ in range(3) for dtype in models]
+    first = {}
+    for dtype, reads, passed, out in steps:
+        if dtype not in first:
+            assert reads >= 2 * TARGETS and len(passed) == TARGETS, dtype
+            assert all(a.dtype == b.dtype == dtype for a, b in passed)
+            first[dtype] = passed, out
+            continue
+        assert reads == 0, dtype
+        assert all(a is a0 and b is b0 for (a, b), (a0, b0) in zip(passed, first[dtype][0], strict=True)), dtype
+        torch.testing.assert_close(out, first[dtype][1], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronization needs a CUDA device")
