@@ -135,7 +135,9 @@ class ComfyServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"ComfyUI exited with code {self.process.returncode} while starting; "
+                code = self.process.returncode
+                self.stop()     # its children may live on; `with` never reaches __exit__ from here
+                raise ServerError(f"ComfyUI exited with code {code} while starting; "
                                   f"log {self.log_path}:\n{self._log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/system_stats", timeout=2) as response:
@@ -148,20 +150,24 @@ class ComfyServer:
                           f"log {self.log_path}:\n{self._log_tail()}")
 
     def stop(self, grace: float = 10.0) -> None:
-        """Interrupt the server's whole process group, then terminate and kill what is left."""
+        """Interrupt the server's whole process group, then terminate and kill what is left.
+
+        The group outlives the server process when it has died on its own and left children
+        behind, so they are killed then too."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if process.poll() is None:
+            for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    return
+                try:
+                    process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:

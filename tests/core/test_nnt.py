@@ -162,3 +162,100 @@ def test_fresh_generator_leaves_a_comfy_mmdit_bitwise_unchanged(comfy_lib):
         randomize_b_head(generator)
         trained = generator.generate(torch.randn(1, 3, 16))
         assert not torch.equal(with_lora_merged(model, trained)(x, t, context=context, y=y), base)
+
+
+def test_fresh_nnt_b_head_is_exactly_zero_and_a_head_is_not():
+    nnt = small_generator().nnt
+    assert torch.equal(nnt.head_B.weight, torch.zeros_like(nnt.head_B.weight))
+    assert torch.equal(nnt.head_B.bias, torch.zeros_like(nnt.head_B.bias))
+    assert bool((nnt.head_A.weight != 0).all())
+    with torch.no_grad():
+        tokens = nnt(torch.randn(2, 5, 12)).flatten(1, 2)             # (N, l*s, r, d)
+    kind = nnt.token_kind.reshape(-1)
+    assert torch.equal(tokens[:, kind == 1], torch.zeros_like(tokens[:, kind == 1]))
+    assert bool((tokens[:, kind == 0] != 0).all())
+
+
+@pytest.mark.parametrize("variant", [{}, {"attention": "full"}, {"positions": "official", "width": 32, "rank_group": 2}])
+def test_every_attention_is_one_sdpa_call_over_its_whole_axis(monkeypatch, variant):
+    """Each attention of each block is one torch SDPA call with the batch and the other axes folded
+    into SDPA's batch axis: (batch, queries, keys) = inter (N*S, l, l), intra (N*l, S, S),
+    full (N, l*S, l*S), cross (N, l*S, L)."""
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        calls.append((q.shape[0], q.shape[-2], k.shape[-2]))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    nnt = small_generator(**variant).nnt
+    n, cond_len, l, S = 3, 5, nnt.l, nnt.S
+    with torch.no_grad():
+        nnt(torch.randn(n, cond_len, 12))
+    if nnt.config.attention == "factorized":
+        per_block = [(n * S, l, l), (n * l, S, S), (n, l * S, cond_len)]
+    else:
+        per_block = [(n, l * S, l * S), (n, l * S, cond_len)]
+    assert calls == per_block * nnt.config.depth
+
+
+@pytest.mark.parametrize("attention", ["factorized", "full"])
+def test_norms_are_rmsnorm_before_every_attention_and_ffn(attention):
+    """Pre-norm RMSNorm: every normalisation is nn.RMSNorm (one per attention and FFN of a block, plus
+    condition, starting latent and output), and with the fresh unit weights each attention, its
+    condition keys and each FFN read unit-RMS vectors."""
+    from hywu_core.nnt import Attention, FeedForward
+
+    nnt = small_generator(attention=attention).nnt
+    norms = [m for m in nnt.modules() if "norm" in type(m).__name__.lower()]
+    assert all(type(m) is torch.nn.RMSNorm and m.eps == nnt.config.norm_eps for m in norms), norms
+    assert len(norms) == (4 if attention == "factorized" else 3) * nnt.config.depth + 3
+
+    inputs = []
+
+    def record(module, args, kwargs):
+        inputs.append(args[0])
+        if kwargs.get("context") is not None:
+            inputs.append(kwargs["context"])
+
+    for module in nnt.modules():
+        if isinstance(module, (Attention, FeedForward)):
+            module.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        nnt(torch.randn(2, 5, 12) * 7.0)
+    assert len(inputs) == (5 if attention == "factorized" else 4) * nnt.config.depth
+    for x in inputs:
+        torch.testing.assert_close(x.square().mean(-1).sqrt(), torch.ones(x.shape[:-1]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [{}, {"positions": "official", "width": 32, "rank_group": 2}])
+def test_starting_latent_is_a_learnable_parameter_embedding(variant):
+    """The latent the first block reads is the same for every condition and is built from two
+    trained embeddings: one per layer (l, C/g) and one per within-layer (token, rank) index (s*r, C/g),
+    giving (l, S, C) with S = s*r/g, a distinct vector at every position."""
+    nnt = small_generator(**variant).nnt
+    g, part = nnt.config.rank_group, nnt.config.width // nnt.config.rank_group
+    parameters = dict(nnt.named_parameters())
+    for name, shape in (("embed_layer.weight", (nnt.l, part)), ("embed_within.weight", (nnt.s * nnt.r, part))):
+        assert parameters[name].shape == shape and parameters[name].requires_grad, name
+
+    latent = nnt.initial_latent()
+    assert latent.shape == (nnt.l, nnt.s * nnt.r // g, nnt.config.width) and nnt.S == nnt.s * nnt.r // g
+    flat = latent.detach().reshape(-1, nnt.config.width)
+    assert len(torch.unique(flat, dim=0)) == len(flat)
+
+    (latent * torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert bool(nnt.embed_layer.weight.grad.abs().gt(0).all())
+    assert bool(nnt.embed_within.weight.grad.abs().gt(0).all())
+
+    seen = []
+    nnt.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        nnt(torch.randn(2, 5, 12))
+        nnt(torch.randn(1, 3, 12))
+        expected = nnt.initial_latent()
+    assert torch.equal(seen[0], expected.expand(2, -1, -1, -1))
+    assert torch.equal(seen[1], expected.expand(1, -1, -1, -1))
