@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_MODELS = REPO / "demo_models"
 DEMO_INPUTS = REPO / "hywu_core" / "demo" / "inputs"
 WORKFLOW = REPO / "workflows" / "api" / "hywu_demo_edit.json"
-INSTRUCTIONS = ("make the image brighter", "make the image darker", "blur the image", "sharpen the image")
+# the demo's edits: phrasings of the suite's forward directions (hywu_core.demo.edits) that the shipped
+# family performs on held-out images (tests/demo/test_shipped_family.py checks their direction)
+INSTRUCTIONS = ("make it brighter", "make it darker", "add noise to the image")
 FAMILY_FILES = ("checkpoints/hywu_demo.safetensors", "hywu_encoders/hywu_demo/config.json",
                 "hywu/hywu_demo.safetensors")
 SCALE = 2  # side-by-side cells are shown at twice the 64 px working size
