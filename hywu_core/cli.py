@@ -133,6 +133,18 @@ def cmd_demo(args, rest: list[str]) -> int:
     return run.main(rest)
 
 
+def cmd_demo_family(args, rest: list[str]) -> int:
+    from .demo import retrain
+
+    return retrain.main(rest)
+
+
+def cmd_experiment(args, rest: list[str]) -> int:
+    from .demo import experiments
+
+    return experiments.main(rest)
+
+
 def cmd_bench(args, rest: list[str]) -> int:
     from . import bench
 
@@ -166,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
                                add_help=False)
     demo.set_defaults(handler=cmd_demo)
 
+    family = commands.add_parser("demo-family", help="retrain the whole demo family from its fixed seed",
+                                 add_help=False)
+    family.set_defaults(handler=cmd_demo_family)
+
+    experiment = commands.add_parser("experiment", help="the paper reproduction on the demo family: "
+                                     "conflict | gradients | routing | geometry", add_help=False)
+    experiment.set_defaults(handler=cmd_experiment)
+
     bench = commands.add_parser("bench", help="benchmarks: per-sample LoRA cost, generator attention, kernels",
                                 add_help=False)
     bench.set_defaults(handler=cmd_bench)
@@ -187,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] in ("test", "bench", "demo"):
+    if argv and argv[0] in ("test", "bench", "demo", "demo-family", "experiment"):
         args, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = parser.parse_args(argv), []

@@ -48,6 +48,8 @@ SUBCOMMANDS = {
     "serve": "start ComfyUI with the pack on 127.0.0.1: ./hywu serve [--port N]",
     "run": "run an API-format workflow headless: ./hywu run WORKFLOW.json [--input NODE.FIELD=VALUE ...] [--out DIR]",
     "demo": "the main job: the embedded HY-WU demo",
+    "demo-family": "retrain the demo family (backbone, encoder, generator) from its fixed seed into demo_models/",
+    "experiment": "the paper reproduction: ./hywu experiment conflict|gradients|routing|geometry [--quick]",
     "generate-lora": "write the LoRA a generator makes for a condition file",
     "train": "train a generator through a frozen backbone: ./hywu train CONFIG [--resume]",
     "bench": "benchmarks: per-sample LoRA cost, end-to-end overhead, generator attention, kernels",

@@ -138,7 +138,7 @@ def test_pack_folder_in_the_way_is_not_overwritten(hywu, comfyui_dir, tmp_path):
     assert (own / "custom_nodes" / devenv.PACK_LINK_NAME).is_dir()
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "generate-lora", "train", "bench"])
+@pytest.mark.parametrize("command", ["run", "demo", "generate-lora", "train", "bench", "demo-family", "experiment"])
 def test_every_python_subcommand_is_reachable_through_the_bootstrap(hywu, command):
     result = hywu(command, "--help")
     assert result.returncode == 0, result.stderr
