@@ -30,7 +30,7 @@ HELDOUT_SEED = 1
 @dataclass(frozen=True)
 class Budget:
     heldout_per_direction: int = 12    # held-out edits per direction for every reported figure
-    conflict_steps: int = 400          # per method and pair in the conflict study
+    conflict_steps: int = 300          # per method and pair in the conflict study
     conflict_pairs: tuple = ("blur_deblur", "noise_denoise")
     routing_steps: int = 1500          # Shared LoRA and SFT on all 8 directions = the family's PG budget
     gradient_per_direction: int = 16
