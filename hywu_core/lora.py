@@ -65,6 +65,13 @@ class LoRABundle:
         return LoRABundle(self.spec, self.rank, self.alpha,
                           {p: t[i:i + 1] for p, t in self.A.items()}, {p: t[i:i + 1] for p, t in self.B.items()})
 
+    def repeat(self, n: int) -> "LoRABundle":
+        """A bundle of one LoRA as n identical rows (views: no copy, gradients flow back to the row)."""
+        if self.batch_size != 1:
+            raise ValueError(f"repeat needs a bundle of one LoRA, this one has {self.batch_size}")
+        return LoRABundle(self.spec, self.rank, self.alpha, {p: t.expand(n, *t.shape[1:]) for p, t in self.A.items()},
+                          {p: t.expand(n, *t.shape[1:]) for p, t in self.B.items()})
+
     def to(self, *args, **kwargs) -> "LoRABundle":
         """A copy with every factor moved by Tensor.to(*args, **kwargs) (device and/or dtype)."""
         return LoRABundle(self.spec, self.rank, self.alpha,

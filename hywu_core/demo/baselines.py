@@ -26,7 +26,7 @@ from ..targets import TargetSpec
 from ..train.backbone import Backbone
 from ..train.data import DataOrder, EditDataset
 from ..train.loop import WarmupCosine
-from ..train.objective import DenoisingObjective, sample_noise
+from ..train.objective import DenoisingObjective
 
 METHODS = ("lora", "sft")
 
@@ -48,9 +48,8 @@ class StaticLoRA(nn.Module):
 
     def bundle(self, rows: int = 1) -> LoRABundle:
         """The LoRA as a bundle of `rows` identical rows (views of the parameters: gradients flow back)."""
-        return LoRABundle(self.spec, self.rank, self.alpha,
-                          {p: a.expand(rows, *a.shape[1:]) for p, a in zip(self.paths, self.A)},
-                          {p: b.expand(rows, *b.shape[1:]) for p, b in zip(self.paths, self.B)})
+        return LoRABundle(self.spec, self.rank, self.alpha, dict(zip(self.paths, self.A)),
+                          dict(zip(self.paths, self.B))).repeat(rows)
 
 
 class TrainableBackbone(Backbone):
@@ -98,21 +97,14 @@ def train_static(backbone: Backbone, dataset: EditDataset, method: str, schedule
         optimizer, WarmupCosine(schedule.warmup_steps, schedule.steps, schedule.min_lr_ratio))
     objective = DenoisingObjective(backbone)
     order = DataOrder(len(dataset), schedule.seed)
-    sigmas = backbone.model_sampling.sigmas
     for step in range(schedule.steps):
         ids = order.take(schedule.batch_size)
         first = step * schedule.batch_size
         batch = dataset.batch(ids, list(range(first, first + len(ids))))
-        x0 = backbone.latents(batch.target)
-        conds, noises, levels = [], [], []
-        for i, index in enumerate(batch.index):
-            noise, sigma = sample_noise(tuple(x0[i:i + 1].shape), sigmas, schedule.seed, index)
-            positive, _, _ = backbone.conditioning(batch.source[i:i + 1], batch.instructions[i])
-            conds.append(objective.model_conds(positive, x0[i:i + 1], noise, index))
-            noises.append(noise)
-            levels.append(sigma)
+        x0, conds, noise, sigma = objective.inputs(batch.source, batch.target, batch.instructions, [], batch.index,
+                                                   schedule.seed)
         bundle = lora.bundle(len(ids)) if lora is not None else None
-        losses = objective.backward(bundle, conds, x0, torch.cat(noises), torch.stack(levels), 1.0 / len(ids))
+        losses = objective.backward(bundle, conds, x0, noise, sigma, 1.0 / len(ids))
         if schedule.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parameters, schedule.grad_clip)
         optimizer.step()
@@ -135,15 +127,11 @@ def per_sample_gradients(backbone: Backbone, lora: StaticLoRA, sources: Tensor, 
     index): the per-sample LoRA gradients of §5.2."""
     backbone.load()
     objective = DenoisingObjective(backbone)
-    sigmas = backbone.model_sampling.sigmas
     rows = []
     for i, instruction in enumerate(instructions):
-        x0 = backbone.latents(targets[i:i + 1])
-        noise, sigma = sample_noise(tuple(x0.shape), sigmas, seed, i)
-        positive, _, _ = backbone.conditioning(sources[i:i + 1], instruction)
-        conds = [objective.model_conds(positive, x0, noise, i)]
+        x0, conds, noise, sigma = objective.inputs(sources[i:i + 1], targets[i:i + 1], [instruction], [], [i], seed)
         lora.zero_grad(set_to_none=True)
-        objective.backward(lora.bundle(1), conds, x0, noise, sigma.reshape(1), 1.0)
+        objective.backward(lora.bundle(1), conds, x0, noise, sigma, 1.0)
         rows.append(torch.cat([p.grad.flatten() for p in lora.parameters() if p.grad is not None]).cpu())
     lora.zero_grad(set_to_none=True)
     return torch.stack(rows)

@@ -39,7 +39,7 @@ from .config import ConfigError, TrainConfig
 from .data import DataOrder, EditDataset, read_manifest
 from .distributed import (DistributedContext, full_model_state, full_optimizer_state, init_distributed,
                           load_full_model_state, load_full_optimizer_state, set_gradient_sync, shard_generator)
-from .objective import DenoisingObjective, backward_into_generator, leaf_bundle, sample_noise
+from .objective import DenoisingObjective, backward_into_generator, leaf_bundle
 from .state import checkpoint_paths, completed_checkpoints, load_train_state, save_train_state, set_rng_state
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "peak_mem_mb")
@@ -242,22 +242,13 @@ class Trainer:
 
     def micro_step(self, batch, weight: float) -> torch.Tensor:
         """Forward + backward of one micro-batch; returns the per-sample losses."""
-        seed = self.config.run.seed
-        x0 = self.backbone.latents(batch.target)
-        sigmas = self.backbone.model_sampling.sigmas
-        conds, noises, levels = [], [], []
-        for i, index in enumerate(batch.index):
-            noise, sigma = sample_noise(tuple(x0[i:i + 1].shape), sigmas, seed, index)
-            positive, _, _ = self.backbone.conditioning(batch.source[i:i + 1], batch.instructions[i],
-                                                        [r[i:i + 1] for r in batch.references])
-            conds.append(self.objective.model_conds(positive, x0[i:i + 1], noise, index))
-            noises.append(noise)
-            levels.append(sigma)
+        x0, conds, noise, sigma = self.objective.inputs(batch.source, batch.target, batch.instructions,
+                                                        batch.references, batch.index, self.config.run.seed)
         cond, mask = self._encode(batch)
         with self._autocast():
             bundle = self.generator(cond, mask)
         leaf = leaf_bundle(bundle)
-        losses = self.objective.backward(leaf, conds, x0, torch.cat(noises), torch.stack(levels), weight)
+        losses = self.objective.backward(leaf, conds, x0, noise, sigma, weight)
         backward_into_generator(bundle, leaf)
         return losses
 

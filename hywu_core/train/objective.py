@@ -86,6 +86,23 @@ class DenoisingObjective:
                                                   latent_image=empty.to(device), seed=seed)
         return {k: v.process_cond(batch_size=1, area=None) for k, v in conds[0]["model_conds"].items()}
 
+    def inputs(self, sources: Tensor, targets: Tensor, instructions: list[str], references: list[Tensor],
+               index: list[int], seed: int) -> tuple[Tensor, list[dict], Tensor, Tensor]:
+        """(x0, per-sample model conds, noise, sigma) for edits given as IMAGE batches: edit i's noise and
+        noise level come from the stream keyed by (seed, index[i]), its conds from the backbone's edit
+        conditioning of its source, instruction and references."""
+        x0 = self.backbone.latents(targets)
+        sigmas = self.backbone.model_sampling.sigmas
+        conds, noises, levels = [], [], []
+        for i, key in enumerate(index):
+            noise, sigma = sample_noise(tuple(x0[i:i + 1].shape), sigmas, seed, key)
+            positive, _, _ = self.backbone.conditioning(sources[i:i + 1], instructions[i],
+                                                        [r[i:i + 1] for r in references])
+            conds.append(self.model_conds(positive, x0[i:i + 1], noise, key))
+            noises.append(noise)
+            levels.append(sigma)
+        return x0, conds, torch.cat(noises), torch.stack(levels)
+
     @staticmethod
     def _concatable(a: dict, b: dict) -> bool:
         return a.keys() == b.keys() and all(a[k].can_concat(b[k]) for k in a)
@@ -145,14 +162,12 @@ def evaluation_loss(backbone, encoder, generator, dataset, seed: int = 0) -> flo
     total = 0.0
     for i in range(len(dataset)):
         batch = dataset.batch([i], [i])
-        x0 = backbone.latents(batch.target)
-        noise, sigma = sample_noise(tuple(x0.shape), backbone.model_sampling.sigmas, seed, i)
-        positive, _, _ = backbone.conditioning(batch.source, batch.instructions[0], batch.references)
-        conds = [objective.model_conds(positive, x0, noise, i)]
+        x0, conds, noise, sigma = objective.inputs(batch.source, batch.target, batch.instructions, batch.references,
+                                                   [i], seed)
         bundle = None
         if generator is not None:
             parameter = next(generator.parameters())
             cond, mask = encoder.encode(batch.source, batch.instructions, batch.references or None)
             bundle = generator(cond.to(parameter.device, parameter.dtype), mask.to(parameter.device))
-        total += float(objective.losses(bundle, conds, x0, noise, sigma.reshape(1)).sum())
+        total += float(objective.losses(bundle, conds, x0, noise, sigma).sum())
     return total / len(dataset)

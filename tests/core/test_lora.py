@@ -116,3 +116,17 @@ def test_comfy_sd3_model_patched_with_our_lora(comfy_lib, caplog):
     patcher.unpatch_model()
     for path in spec.module_paths():
         assert torch.equal(model.diffusion_model.get_submodule(path).weight, base[path])
+
+
+def test_repeat_gives_identical_rows_that_share_the_one_lora(comfy_lib):
+    spec = derive_targets(build("sd3"))
+    one = random_bundle(spec, rank=4, batch=1)
+    leaves = {p: t.clone().requires_grad_() for p, t in one.A.items()}
+    many = LoRABundle(spec, one.rank, one.alpha, leaves, one.B).repeat(3)
+    assert many.batch_size == 3
+    path = spec.module_paths()[0]
+    assert all(torch.equal(many.A[path][k], leaves[path][0]) for k in range(3))
+    many.A[path].sum().backward()
+    assert torch.equal(leaves[path].grad, torch.full_like(leaves[path], 3.0))
+    with pytest.raises(ValueError, match="needs a bundle of one LoRA"):
+        many.repeat(2)

@@ -9,19 +9,10 @@ automatic stand-in for the paper's GSB win rate against the base model.
 """
 from __future__ import annotations
 
-import torch
-
-from ...lora import LoRABundle
 from ...lora_tools import average, shuffle
 from ..edits import DIRECTIONS
 from . import figures
 from .context import ExperimentContext, per_direction, score_outputs
-
-
-def repeat(bundle: LoRABundle, n: int) -> LoRABundle:
-    """A bundle of one LoRA as n identical rows."""
-    return LoRABundle(bundle.spec, bundle.rank, bundle.alpha, {p: t.expand(n, *t.shape[1:]) for p, t in bundle.A.items()},
-                      {p: t.expand(n, *t.shape[1:]) for p, t in bundle.B.items()})
 
 
 def run(ctx: ExperimentContext) -> tuple[str, dict]:
@@ -33,7 +24,7 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
         "(a) Base": ctx.sample(held),
         "(b) Shared LoRA": ctx.sample(held, ctx.static_lora(tasks, steps).bundle(n)),
         "(c) SFT": ctx.sample(held, backbone=ctx.sft_backbone(tasks, steps)),
-        "(d) Average PG": ctx.sample(held, repeat(average(generated), n)),
+        "(d) Average PG": ctx.sample(held, average(generated).repeat(n)),
         "(e) Shuffle PG": ctx.sample(held, shuffled),
         "(f) Full PG": ctx.sample(held, generated),
     }
