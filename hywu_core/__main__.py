@@ -1,6 +1,6 @@
-"""`python -m hywu_core COMMAND`: see hywu_core.cli."""
+"""`python -m hywu_core COMMAND`: see hywu_core.tools.cli."""
 import sys
 
-from .cli import main
+from hywu_core.tools.cli import main
 
 sys.exit(main())

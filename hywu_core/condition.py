@@ -3,18 +3,24 @@
 A Condition carries U and its mask with what produced it (the instructions and a digest of each
 source image), so a generated LoRA can say where it came from and a cache can recognise an
 unchanged input.
+
+Condition files (`./hywu generate-lora --condition`) are .safetensors with "condition" (B, L, D)
+or (B, 1, L, D) and optionally "condition_mask" (B, L), nonzero = real token.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
-from .encoders import ConditionEncoder, check_image_batch, match_references
+from hywu_core.encoders import ConditionEncoder, check_image_batch, match_instructions, match_references
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,14 @@ class Condition:
         if not torch.isfinite(self.tokens).all():
             raise ValueError("the condition U contains NaN/Inf values: the condition encoder's weights or "
                              "inputs are broken; reload the encoder in float32")
+
+    @classmethod
+    def from_tensors(cls, tokens: Tensor, mask: Tensor | None = None, encoder: str = "") -> "Condition":
+        """A condition from U alone (e.g. a saved condition file): no instructions or source digests recorded."""
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        n = tokens.shape[0]
+        return cls(tokens=tokens, mask=mask.bool(), instructions=("",) * n, sources=("",) * n, encoder=encoder)
 
     @property
     def batch_size(self) -> int:
@@ -64,7 +78,7 @@ def image_digest(image: Tensor) -> str:
 
 
 def split_instructions(text: str, count: int) -> list[str]:
-    """The instruction for each of `count` images, read from one text field.
+    """The instruction for each of `count` images, read from one text field (the node's).
 
     One instruction (even over several lines, when there is one image) applies to every image;
     for a batch, a text with exactly `count` non-empty lines gives one instruction per image.
@@ -83,13 +97,39 @@ def split_instructions(text: str, count: int) -> list[str]:
     return lines
 
 
-def encode_condition(encoder: ConditionEncoder, images: Tensor, instruction_text: str,
+def encode_condition(encoder: ConditionEncoder, images: Tensor, instructions: str | Sequence[str],
                      references: Sequence[Tensor] = ()) -> Condition:
-    """Encode a batch of source images, their instructions and optional reference images (§3.3)."""
+    """Encode a batch of source images, their instructions and optional reference images (§3.3).
+
+    instructions: one text (one line for every image, or one line per image, as the node's text
+    field) or a list with one instruction per image. Gradients flow when the encoder is trainable.
+    """
     count = check_image_batch(images, "image")
-    instructions = split_instructions(instruction_text, count)
+    if isinstance(instructions, str):
+        instructions = split_instructions(instructions, count)
+    instructions = match_instructions(instructions, count)
     references = match_references(list(references) or None, count)
     tokens, mask = encoder.encode(images, instructions, references or None)
     return Condition(tokens=tokens, mask=mask, instructions=tuple(instructions),
                      sources=tuple(image_digest(image) for image in images),
                      encoder=encoder.folder.name)
+
+
+def load_condition_file(path: str | Path) -> Condition:
+    """A Condition from a condition .safetensors file; clear errors for anything else."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    if "condition" not in tensors:
+        raise ValueError(f'{path}: no "condition" tensor (found {sorted(tensors)}); '
+                         'save the condition under the key "condition"')
+    tokens = tensors["condition"]
+    if tokens.dim() == 4 and tokens.shape[1] == 1:
+        tokens = tokens[:, 0]
+    if tokens.dim() != 3:
+        raise ValueError(f'{path}: "condition" has shape {tuple(tokens.shape)}; expected (B, L, D) or (B, 1, L, D)')
+    mask = tensors.get("condition_mask")
+    if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise ValueError(f'{path}: "condition_mask" has shape {tuple(mask.shape)}; expected {tuple(tokens.shape[:2])}')
+    return Condition.from_tensors(tokens, None if mask is None else mask != 0, encoder=Path(path).name)

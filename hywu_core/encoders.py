@@ -14,12 +14,10 @@ patches are False, and U is exactly 0 there. SigLIP and SigLIP2 towers share one
 is U's width as in the paper. When the towers differ (CLIP: e.g. 768 vision, 512 text), the
 narrower features are zero-padded on the channel axis to the wider width: no new weights, no
 information lost; the generator's input projection learns from the padded features.
-
-Also here: tiny randomly initialised SigLIP2 / SigLIP / CLIP folders with a small offline
-vocabulary, for tests and examples (no hub access).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -27,23 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hywu_core import checks
+
 SUPPORTED_FAMILIES = ("siglip2", "siglip", "clip")
 LOWERCASE_FAMILIES = ("siglip2", "siglip")  # trained on lowercased text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-
-EDIT_WORDS = (
-    "a an the this that it its image photo picture of to in on with and or but more less very "
-    "slightly strongly make turn add remove keep change use take from as into like same "
-    "blur blurry deblur sharp sharpen sharper denoise noise noisy clean colorize color colour "
-    "grayscale black white brighten brighter darken darker light dark contrast saturation "
-    "warm cool red green blue yellow sky background foreground person face hair outfit style "
-    "base first second image1 image2 edit restore old vintage sketch painting cartoon"
-).split()
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # Gemma's order, as in SigLIP2
-CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()"
-WORD_START = "\u2581"
 
 
 class ConditionEncoder:
@@ -77,10 +65,11 @@ class ConditionEncoder:
         return (f"ConditionEncoder({self.family}, width={self.width}, text_length={self.text_length}, "
                 f"folder={str(self.folder)!r})")
 
-    @torch.no_grad()
     def encode(self, images: Tensor, instructions: str | Sequence[str],
                references: Tensor | Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """U (N, L, D) in the encoder's dtype and device, and its mask (N, L) bool, True = real.
+
+        Gradients flow only into a trainable encoder: a loaded one is frozen (requires_grad off).
 
         images: (N, H, W, 3) float in [0, 1] (ComfyUI IMAGE). instructions: one string for the
         whole batch or N strings; text beyond `text_length` tokens is truncated. references:
@@ -218,6 +207,7 @@ def load_condition_encoder(folder: str | Path, device: str | torch.device = "cpu
             f"condition encoder folder {folder} is missing {', '.join(missing)}: it must be a complete "
             "transformers model folder (the full repository of e.g. google/siglip2-base-patch16-naflex)")
 
+    checks.read_json(folder / "config.json")  # bounded in size and valid JSON before transformers parses it
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if not (hasattr(config, "vision_config") and hasattr(config, "text_config")):
         raise ValueError(
@@ -231,103 +221,66 @@ def load_condition_encoder(folder: str | Path, device: str | torch.device = "cpu
         image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"cannot load the image processor from {folder}: {error}") from error
-    check_safetensors_files(folder)
+    check_weights_fit_config(folder, config)
     model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    model.requires_grad_(False)  # frozen, as the paper's SigLIP2; training unfreezes it when configured
     return ConditionEncoder(model.to(device=device, dtype=dtype), tokenizer, image_processor, folder)
 
 
-def check_safetensors_files(folder: Path) -> None:
-    """Every weight file of the folder opens as safetensors (header and size): a clear error otherwise."""
+def weight_files(folder: Path) -> list[Path]:
+    """The files transformers loads with use_safetensors: model.safetensors, else the shards its index
+    names (each confined to the folder, checked before transformers reads the index)."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        return checks.index_shards(index)
+    raise FileNotFoundError(f"condition encoder folder {folder} has no model.safetensors (or "
+                            "model.safetensors.index.json with its shards): download the encoder folder again")
+
+
+def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from the safetensors headers (no tensor is read); a clear error for broken files."""
     from safetensors import SafetensorError, safe_open
 
-    for path in sorted(folder.glob("*.safetensors")):
+    shapes = {}
+    for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
-                f.keys()
+                shapes |= {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
         except (SafetensorError, OSError) as error:
             raise FileNotFoundError(f"{path} is not a readable safetensors file ({error}); it may be truncated "
                                     "(an interrupted download): download the encoder folder again") from error
+    return shapes
 
 
-def build_tiny_tokenizer(max_length: int):
-    """A small offline Gemma-style BPE tokenizer (the SigLIP2 tokenizer format), trained on the
-    edit-instruction words so each is one token; other text falls back to single characters."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def check_weights_fit_config(folder: Path, config) -> None:
+    """Refuse a config.json that the weights do not back, before transformers builds anything.
 
-    backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", WORD_START)])
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
-    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=list(CHARACTERS + WORD_START))
-    backend.train_from_iterator([form for word in dict.fromkeys(EDIT_WORDS) for form in (word, " " + word)], trainer)
-    eos = backend.token_to_id("<eos>")
-    backend.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos)])
-    backend.decoder = decoders.Sequence([decoders.Replace(WORD_START, " "), decoders.ByteFallback(), decoders.Fuse()])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
-                                   pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-                                   mask_token="<mask>", model_input_names=["input_ids", "attention_mask"])
+    transformers builds the model its config describes and fills every weight the files lack
+    with fresh initialised tensors, so config.json alone decides what loading costs. Here each
+    tower's num_hidden_layers must equal the encoder layers in the weights (that bounds the
+    Python modules of a meta-device build), then the model built on the meta device (no memory)
+    must find every tensor of its state dict in the files with the same shape."""
+    from transformers import AutoModel
 
-
-def _tiny_text_config(tokenizer, width: int, layers: int, max_length: int) -> dict:
-    return dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                num_hidden_layers=layers, num_attention_heads=2, max_position_embeddings=max_length,
-                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id)
-
-
-def _save_tiny(folder: str | Path, seed: int, model_class, config, tokenizer, image_processor) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = model_class(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    image_processor.save_pretrained(folder)
-    return folder
-
-
-def build_tiny_siglip2(folder: str | Path, seed: int = 0, width: int = 32, layers: int = 2,
-                       patch_size: int = 8, max_patches: int = 16, max_length: int = 16) -> Path:
-    """Saves a tiny random SigLIP2 (NaFlex) encoder folder: at most `max_patches` image tokens."""
-    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
-
-    tokenizer = build_tiny_tokenizer(max_length)
-    config = Siglip2Config(
-        text_config=_tiny_text_config(tokenizer, width, layers, max_length),
-        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                           num_attention_heads=2, patch_size=patch_size, num_patches=max_patches))
-    image_processor = Siglip2ImageProcessor(patch_size=patch_size, max_num_patches=max_patches)
-    return _save_tiny(folder, seed, Siglip2Model, config, tokenizer, image_processor)
-
-
-def build_tiny_siglip(folder: str | Path, seed: int = 0, width: int = 32, layers: int = 2,
-                      image_size: int = 32, patch_size: int = 8, max_length: int = 16) -> Path:
-    """Saves a tiny random SigLIP encoder folder: (image_size / patch_size)² image tokens."""
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    tokenizer = build_tiny_tokenizer(max_length)
-    config = SiglipConfig(
-        text_config=_tiny_text_config(tokenizer, width, layers, max_length),
-        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                           num_attention_heads=2, image_size=image_size, patch_size=patch_size))
-    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    return _save_tiny(folder, seed, SiglipModel, config, tokenizer, image_processor)
-
-
-def build_tiny_clip(folder: str | Path, seed: int = 0, vision_width: int = 48, text_width: int = 32,
-                    layers: int = 2, image_size: int = 32, patch_size: int = 8, max_length: int = 16) -> Path:
-    """Saves a tiny random CLIP encoder folder whose towers differ in width (U is zero-padded)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    tokenizer = build_tiny_tokenizer(max_length)
-    config = CLIPConfig(
-        text_config=_tiny_text_config(tokenizer, text_width, layers, max_length),
-        vision_config=dict(hidden_size=vision_width, intermediate_size=2 * vision_width,
-                           num_hidden_layers=layers, num_attention_heads=2, image_size=image_size,
-                           patch_size=patch_size),
-        projection_dim=text_width)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                         crop_size={"height": image_size, "width": image_size})
-    return _save_tiny(folder, seed, CLIPModel, config, tokenizer, image_processor)
+    shapes = weight_shapes(weight_files(folder))
+    for tower in ("vision", "text"):
+        stated = getattr(config, f"{tower}_config").num_hidden_layers
+        pattern = re.compile(rf"{tower}_model\.encoder\.layers\.(\d+)\.")
+        present = len({match.group(1) for name in shapes if (match := pattern.match(name))})
+        if stated != present:
+            raise ValueError(f"{folder}/config.json: the {tower} tower has num_hidden_layers={stated!r} but the "
+                             f"weights hold {present} {tower} layer(s); config.json does not belong to these "
+                             "weights: download the encoder folder again")
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    needed = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    missing = [name for name in needed if name not in shapes]
+    misshapen = [f"{name} {shapes[name]} (config.json needs {shape})"
+                 for name, shape in needed.items() if name in shapes and shapes[name] != shape]
+    if missing or misshapen:
+        problems = "; ".join(f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                             for label, names in (("missing", missing), ("wrong shape", misshapen)) if names)
+        raise ValueError(f"{folder}: the weights do not match config.json ({problems}); download the encoder "
+                         "folder again")

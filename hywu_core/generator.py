@@ -1,19 +1,25 @@
-"""The parameter generator g_phi: condition U -> per-input LoRA (paper §3.3-3.5).
+"""The parameter generator g_phi: condition U -> one LoRA per input (paper §3.3-3.5).
 
-    tokens = NNT(U)                          (N, l, s, r, d)
-    bundle = layout.detokenize(tokens, alpha) one LoRA per condition, for the layout's target spec
+    tokens = NNT(U)                           (N, l, s, r, d)                 §3.5
+    bundle = layout.detokenize(tokens, alpha) one LoRA per item, for the layout's target spec   §3.4
+
+`generator(condition)` is the one way from a Condition to LoRAs: training (with gradients), the
+nodes, the experiments and the CLI all call it.
 """
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from .nnt import NNT, NNTConfig
+from hywu_core.condition import Condition
+from hywu_core.lora import LoRABundle
+from hywu_core.nnt import NNT, NNTConfig
+from hywu_core.tokenizer import ParameterLayout
 
 
 class Generator(nn.Module):
     """An NNT together with the parameter layout (and so the target spec) and LoRA alpha it writes."""
 
-    def __init__(self, config: NNTConfig, layout, alpha: float):
+    def __init__(self, config: NNTConfig, layout: ParameterLayout, alpha: float):
         super().__init__()
         if not alpha > 0:
             raise ValueError(f"Generator: LoRA alpha must be positive, got {alpha}")
@@ -35,9 +41,12 @@ class Generator(nn.Module):
     def scale(self) -> float:
         return self.alpha / self.layout.rank
 
-    def forward(self, cond: Tensor, cond_mask: Tensor | None = None):
-        return self.generate(cond, cond_mask)
-
-    def generate(self, cond: Tensor, cond_mask: Tensor | None = None):
-        """Condition (N, L, cond_dim) [+ mask (N, L)] -> LoRABundle with N LoRAs (differentiable)."""
-        return self.layout.detokenize(self.nnt(cond, cond_mask), self.alpha)
+    def forward(self, condition: Condition) -> LoRABundle:
+        """U (N, L, cond_dim) with its mask -> N LoRAs, differentiable; U moves to this generator's device and dtype."""
+        if condition.width != self.config.cond_dim:
+            raise ValueError(f"the condition is {condition.width} wide (from {condition.encoder!r}) but the "
+                             f"generator expects {self.config.cond_dim}: load the condition encoder this generator "
+                             "was trained with")
+        parameter = next(self.parameters())
+        tokens = condition.tokens.to(parameter.device, parameter.dtype)
+        return self.layout.detokenize(self.nnt(tokens, condition.mask.to(parameter.device)), self.alpha)

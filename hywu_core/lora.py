@@ -1,4 +1,4 @@
-"""A batch of generated LoRAs, one per condition, over a target spec (paper §3.3: {A, B} = detokenize(T)).
+"""A batch of generated LoRAs, one per condition, over a target spec (paper §3.4: {A, B} = detokenize(T)).
 
 For the adapted module at path p, row i of the batch adds scale * B[p][i] @ A[p][i] to its
 weight, scale = alpha / rank. Grouped roles carry an expert axis after the batch axis.
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .targets import TargetModule, TargetSpec
+from hywu_core.targets import TargetModule, TargetSpec
 
 
 @dataclass

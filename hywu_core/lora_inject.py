@@ -1,4 +1,4 @@
-"""Per-sample LoRA in the forward pass (paper §3.3, §3.6): row i of a batch runs with its own LoRA.
+"""Per-sample LoRA in the forward pass (paper §3.2 injection, §3.6 training): row i of a batch runs with its own LoRA.
 
 Inside `per_row_injection(root, bundle, rows)` every adapted Linear of the bundle's target spec
 returns base(x) + strength * scale * (x A_k^T) B_k^T with k = rows[i] for batch row i (the
@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .kernels import per_row_lora
-from .lora import LoRABundle
+from hywu_core.kernels import per_row_lora
+from hywu_core.lora import LoRABundle
 
 Rows = Tensor | Callable[[int], Tensor]
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .lora import LoRABundle
+from hywu_core.checks import finite
+from hywu_core.lora import LoRABundle
 
 SPACES = ("parameters", "update")
 
@@ -110,13 +111,14 @@ def shuffle(bundle: LoRABundle, seed: int) -> tuple[LoRABundle, list[int]]:
 
 def blend(first: LoRABundle, second: LoRABundle, t: float, space: str = "parameters") -> LoRABundle:
     """(1 - t) * first + t * second, item by item (a batch of 1 pairs with every item)."""
+    t = finite(t, "t")
     return _combine([first, second], [1.0 - t, t], space)
 
 
 def bound(bundle: LoRABundle, max_norm: float) -> tuple[LoRABundle, int]:
     """Scale down each module update whose ||scale * B A||_F exceeds max_norm (§7.6); returns the
     bounded bundle and how many (item, module) updates were scaled."""
-    if not max_norm > 0:
+    if not finite(max_norm, "max_norm") > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
     norms = module_update_norms(bundle)
     B, clamped = {}, 0

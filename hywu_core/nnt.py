@@ -24,7 +24,7 @@ Two position schemes (`positions`):
   keys on the diagonal (i + o, i + o) with o = max(s, r / g).
 
 `attention="full"` replaces the two factorized self-attentions by one self-attention over all
-l * S latent positions (kept to measure what factorization saves, see bench_nnt_attention).
+l * S latent positions (kept to measure what factorization saves, see hywu_core.bench.attention).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 ATTENTIONS = ("factorized", "full")
@@ -139,7 +140,7 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(width, width)
 
     def split_heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.heads, -1)).transpose(-2, -3)  # (..., T, C) -> (..., H, T, C/H)
+        return rearrange(x, "... t (h c) -> ... h t c", h=self.heads)
 
     def forward(self, x: Tensor, context: Tensor | None = None, q_angles: Tensor | None = None,
                 k_angles: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -154,7 +155,7 @@ class Attention(nn.Module):
         if mask is not None:
             mask = mask.expand(*batch, *mask.shape[-3:]).flatten(0, -4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).unflatten(0, batch)
-        return self.to_out(out.transpose(-2, -3).flatten(-2))
+        return self.to_out(rearrange(out, "... h t c -> ... t (h c)"))
 
 
 class FeedForward(nn.Module):
@@ -183,21 +184,23 @@ class NNTBlock(nn.Module):
         self.norm_ffn, self.ffn = nn.RMSNorm(width, eps=eps), FeedForward(width, config.ffn_dim)
 
     def forward(self, x: Tensor, cond: Tensor, rope: dict, masks: dict) -> Tensor:
-        n, l, S, c = x.shape
+        l = x.shape[1]
         if self.factorized:
-            h = self.norm_inter(x).transpose(1, 2).contiguous()    # (N, S, l, C); contiguous keeps bf16 GEMMs
-                                                                   # bitwise equal to the release's
-            x = x + self.inter_attn(h, q_angles=rope["inter"], k_angles=rope["inter"],
-                                    mask=masks["inter"]).transpose(1, 2)
-            h = self.norm_intra(x)                                                        # (N, l, S, C)
+            # inter-layer: attend over l, for every within-layer position (contiguous keeps bf16 GEMMs
+            # bitwise equal to the release's)
+            h = rearrange(self.norm_inter(x), "n l S c -> n S l c").contiguous()
+            out = self.inter_attn(h, q_angles=rope["inter"], k_angles=rope["inter"], mask=masks["inter"])
+            x = x + rearrange(out, "n S l c -> n l S c")
+            # intra-layer: attend over the s * r within-layer positions, for every layer
+            h = self.norm_intra(x)
             x = x + self.intra_attn(h, q_angles=rope["intra"], k_angles=rope["intra"], mask=masks["intra"])
         else:
-            h = self.norm_self(x).reshape(n, l * S, c)
+            h = rearrange(self.norm_self(x), "n l S c -> n (l S) c")
             out = self.self_attn(h, q_angles=rope["full"], k_angles=rope["full"], mask=masks["full"])
-            x = x + out.reshape(n, l, S, c)
-        h = self.norm_cross(x).reshape(n, l * S, c)
+            x = x + rearrange(out, "n (l S) c -> n l S c", l=l)
+        h = rearrange(self.norm_cross(x), "n l S c -> n (l S) c")
         out = self.cross_attn(h, context=cond, q_angles=rope["cross_q"], k_angles=rope["cross_k"], mask=masks["cross"])
-        x = x + out.reshape(n, l, S, c)
+        x = x + rearrange(out, "n (l S) c -> n l S c", l=l)
         return x + self.ffn(self.norm_ffn(x))
 
 
@@ -294,7 +297,8 @@ class NNT(nn.Module):
     def to_tokens(self, x: Tensor) -> Tensor:
         """Latent (N, l, S, C) -> tokens (N, l, s, r, d) through the A and B heads; padding is 0."""
         n = x.shape[0]
-        x = self.norm_out(x).reshape(n, self.l * self.s, self.r, self.config.width // self.config.rank_group)
+        # each latent vector holds g rank rows of width C/g: (S = s * r/g, C) -> (s, r, C/g)
+        x = rearrange(self.norm_out(x), "n l (s w) (g c) -> n (l s) (w g) c", s=self.s, g=self.config.rank_group)
         kind = self.token_kind.reshape(-1)
         a_rows, b_rows = (kind == 0).nonzero()[:, 0], (kind == 1).nonzero()[:, 0]
         tokens = x.new_zeros(n, self.l * self.s, self.r, self.d)

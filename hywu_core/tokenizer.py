@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
-from .lora import LoRABundle, factor_shapes
-from .targets import TargetBlock, TargetSpec, read_versioned_json
+from hywu_core.lora import LoRABundle, factor_shapes
+from hywu_core.targets import TargetBlock, TargetSpec, read_versioned_json
 
 A_TOKEN, B_TOKEN, PAD_TOKEN = 0, 1, -1
 _JSON_FORMAT = "hywu.parameter_layout"
@@ -169,12 +170,13 @@ class RankAnchoredLayout(ParameterLayout):
                 yield path, "B", expert, (module.d_out, self.rank), module.d_out // self.token_dim
 
     def _to_tokens(self, matrix, factor, count):
-        rank_major = matrix if factor == "A" else matrix.transpose(1, 2)
-        return rank_major.reshape(matrix.shape[0], self.rank, count, self.token_dim).transpose(1, 2)
+        """A (N, r, d_in) or B (N, d_out, r) -> (N, count, r, d): token t holds channels [t*d, (t+1)*d) of every rank row."""
+        rank_major = matrix if factor == "A" else rearrange(matrix, "n o r -> n r o")
+        return rearrange(rank_major, "n r (t d) -> n t r d", t=count)
 
     def _from_tokens(self, tokens, factor, shape):
-        rank_major = tokens.transpose(1, 2).reshape(tokens.shape[0], self.rank, -1)
-        return (rank_major if factor == "A" else rank_major.transpose(1, 2)).contiguous()
+        rank_major = rearrange(tokens, "n t r d -> n r (t d)")
+        return (rank_major if factor == "A" else rearrange(rank_major, "n r o -> n o r")).contiguous()
 
 
 class OfficialFlatLayout(ParameterLayout):
@@ -211,11 +213,9 @@ class OfficialFlatLayout(ParameterLayout):
 LAYOUT_KINDS = {cls.kind: cls for cls in (RankAnchoredLayout, OfficialFlatLayout)}
 
 
-def make_layout(spec: TargetSpec, rank: int, kind: str = "rank_anchored", token_dim: int | None = None,
-                **kind_options) -> ParameterLayout:
+def make_layout(spec: TargetSpec, rank: int, kind: str = "rank_anchored", token_dim: int | None = None
+                ) -> ParameterLayout:
     """The layout `kind` for a spec at LoRA rank `rank`; token_dim defaults to the gcd of all adapted dims."""
     if kind not in LAYOUT_KINDS:
         raise ValueError(f"unknown parameter layout {kind!r}; choose one of {sorted(LAYOUT_KINDS)}")
-    if kind_options:
-        raise ValueError(f"layout {kind!r} takes no options, got {sorted(kind_options)}")
     return LAYOUT_KINDS[kind](spec, rank, spec.gcd() if token_dim is None else token_dim)

@@ -1,12 +1,12 @@
 """HYWUDemoCheckpointLoader: the embedded demo family's backbone file (MODEL, CLIP, VAE).
 
 The stock CheckpointLoaderSimple cannot load this family: ComfyUI's model detection takes any
-MMDiT for SD3 with 16 latent channels (see hywu_core/demo/backbone.py).
+MMDiT for SD3 with 16 latent channels (see hywu_core/tiny_editor/backbone.py).
 """
 import folder_paths
 from comfy_api.latest import io
 
-from hywu_core.demo.backbone import load_demo_checkpoint
+from hywu_core.tiny_editor.backbone import load_demo_checkpoint
 
 
 class HYWUDemoCheckpointLoader(io.ComfyNode):

@@ -1,10 +1,10 @@
 """Generated LoRAs as ordinary ComfyUI LoRAs: LORA_MODEL for the stock nodes, or a file in models/loras."""
-import json
 import os
 
 import folder_paths
 from comfy_api.latest import io
-from safetensors.torch import save_file
+
+from hywu_core.lora_files import check_filename_prefix, comfy_state_dict, save_comfy_lora
 
 from .types import HYWULoRA, LoraModel
 
@@ -25,8 +25,7 @@ class HYWULoRAToLoraModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, index: int) -> io.NodeOutput:
-        row = lora.check_index(index)
-        return io.NodeOutput({k: v.detach().cpu() for k, v in lora.bundle.to_comfy_state_dict(row).items()})
+        return io.NodeOutput(comfy_state_dict(lora.bundle, lora.check_index(index)))
 
 
 class HYWUSaveLoRA(io.ComfyNode):
@@ -49,6 +48,7 @@ class HYWUSaveLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, lora, index: int, filename_prefix: str) -> io.NodeOutput:
         row = lora.check_index(index)
+        check_filename_prefix(filename_prefix)
         loras_dir = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
         try:
             folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, loras_dir)
@@ -57,12 +57,6 @@ class HYWUSaveLoRA(io.ComfyNode):
                              "use a relative path such as 'hywu/my_edit'") from error
         os.makedirs(folder, exist_ok=True)
         file_name = f"{name}_{counter:05}_.safetensors"
-        item = lora.items[row]
-        bundle = lora.bundle
-        metadata = {"hywu.generator": item.get("generator", ""), "hywu.instruction": item.get("instruction", ""),
-                    "hywu.source_sha256": item.get("source", ""), "hywu.rank": str(bundle.rank),
-                    "hywu.alpha": repr(bundle.alpha), "hywu.item": json.dumps(item)}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.to_comfy_state_dict(row).items()}
-        save_file(tensors, os.path.join(folder, file_name), metadata=metadata)
+        save_comfy_lora(os.path.join(folder, file_name), lora.bundle, row, lora.items[row])
         relative = os.path.join(subfolder, file_name).replace(os.sep, "/")
         return io.NodeOutput(relative, ui={"text": [f"saved models/loras/{relative}"]})

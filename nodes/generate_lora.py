@@ -1,7 +1,7 @@
 """HYWUGenerateLoRA: generator + condition -> one LoRA per batch item (paper §3.3-3.5)."""
 from comfy_api.latest import io
 
-from hywu_core.generation import GenerationCache, generate_lora
+from hywu_core.generated_lora import GenerationCache, generate_lora
 from hywu_core.lora_tools import update_norms
 
 from .types import HYWUCondition, HYWUGenerator, HYWULoRA
@@ -32,7 +32,7 @@ class HYWUGenerateLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, generator, condition) -> io.NodeOutput:
-        generated = generate_lora(generator, condition, generator_name=generator.source, cache=CACHE)
+        generated = generate_lora(generator, condition, cache=CACHE)
         summary = norms_summary(generated)
         text = "\n".join(f"{name}: {value:.4g}" for name, value in zip(summary["layers"], summary["mean"]))
         return io.NodeOutput(generated, ui={"hywu_norms": [summary],

@@ -4,7 +4,7 @@ from comfy_api.latest import io
 from hywu_core.encoders import load_condition_encoder
 
 from . import model_folders
-from .devices import DEVICES, DTYPES, resolve_device, resolve_dtype
+from .devices import DEVICES, DTYPE_CHOICES, resolve_device, resolve_dtype
 from .types import HYWUEncoder
 
 
@@ -23,7 +23,7 @@ class HYWULoadConditionEncoder(io.ComfyNode):
                                        "tokenizer and image processor files)"),
                 io.Combo.Input("device", options=DEVICES, default="auto",
                                tooltip="auto: ComfyUI's compute device"),
-                io.Combo.Input("dtype", options=DTYPES, default="auto",
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
                                tooltip="auto: float32 on the CPU, bfloat16 on a GPU that supports it"),
             ],
             outputs=[HYWUEncoder.Output(display_name="encoder")],

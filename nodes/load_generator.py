@@ -1,7 +1,7 @@
 """HYWULoadGenerator: a generator file from models/hywu (ours, or the official release folder)."""
 from comfy_api.latest import io
 
-from hywu_core.checkpoint import load_generator
+from hywu_core.generator_files import load_generator
 
 from . import model_folders
 from .devices import DEVICES, resolve_device

@@ -2,7 +2,6 @@
 from comfy_api.latest import io
 
 from hywu_core import lora_tools
-from hywu_core.generation import GeneratedLoRA
 
 from .types import HYWULoRA
 
@@ -23,9 +22,7 @@ class HYWUAverageLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, space: str = "parameters") -> io.NodeOutput:
-        mean = lora_tools.average(lora.bundle, space)
-        return io.NodeOutput(GeneratedLoRA(mean, ({"derived": f"average of {lora.batch_size} ({space})",
-                                                   "from": list(lora.items)},)))
+        return io.NodeOutput(lora.averaged(space))
 
 
 class HYWUShuffleLoRA(io.ComfyNode):
@@ -40,9 +37,8 @@ class HYWUShuffleLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, seed: int) -> io.NodeOutput:
-        shuffled, order = lora_tools.shuffle(lora.bundle, seed)
-        return io.NodeOutput(GeneratedLoRA(shuffled, tuple(lora.items[j] | {"shuffled_from": j} for j in order)),
-                             ui={"text": [f"item i gets LoRA {order}[i]"]})
+        shuffled, order = lora.shuffled(seed)
+        return io.NodeOutput(shuffled, ui={"text": [f"item i gets LoRA {order}[i]"]})
 
 
 class HYWUBlendLoRA(io.ComfyNode):
@@ -60,11 +56,7 @@ class HYWUBlendLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_a, lora_b, t: float, space: str = "parameters") -> io.NodeOutput:
-        blended = lora_tools.blend(lora_a.bundle, lora_b.bundle, t, space)
-        n = blended.batch_size
-        items = tuple({"derived": f"blend t={t} ({space})", "a": lora_a.items[i % lora_a.batch_size],
-                       "b": lora_b.items[i % lora_b.batch_size]} for i in range(n))
-        return io.NodeOutput(GeneratedLoRA(blended, items))
+        return io.NodeOutput(lora_a.blended(lora_b, t, space))
 
 
 class HYWUBoundLoRA(io.ComfyNode):
@@ -80,6 +72,5 @@ class HYWUBoundLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora, max_norm: float) -> io.NodeOutput:
-        bounded, clamped = lora_tools.bound(lora.bundle, max_norm)
-        return io.NodeOutput(GeneratedLoRA(bounded, tuple(item | {"bounded": max_norm} for item in lora.items)),
-                             ui={"text": [f"{clamped} module update(s) scaled down to norm {max_norm}"]})
+        bounded, clamped = lora.bounded(max_norm)
+        return io.NodeOutput(bounded, ui={"text": [f"{clamped} module update(s) scaled down to norm {max_norm}"]})

@@ -4,11 +4,15 @@ folder_paths facts (ComfyUI 0.3.75): extra_model_paths.yaml is applied before cu
 load, and add_model_folder_path() creates a missing entry with an empty extension set, which
 get_filename_list() treats as "every file"; so we set the extensions ourselves. The default
 folders are appended, not made default: a user's extra_model_paths.yaml entry stays first.
+The lists are built while the server answers /object_info, in its HTTP event loop: they follow
+links but enter each real folder once (hywu_core.checks.walk_once), so a link loop cannot hang it.
 """
 import os
 from pathlib import Path
 
 import folder_paths
+
+from hywu_core.checks import walk_once
 
 GENERATORS = "hywu"
 ENCODERS = "hywu_encoders"
@@ -25,7 +29,7 @@ def generator_choices() -> list[str]:
     """Our single-file generators, and official release folders (config.json + safetensors) by folder name."""
     names = set()
     for base in folder_paths.get_folder_paths(GENERATORS):
-        for root, dirs, files in os.walk(base, followlinks=True):
+        for root, dirs, files in walk_once(base):
             relative = Path(root).relative_to(base).as_posix()
             if "config.json" in files and any(f.endswith(".safetensors") for f in files):
                 names.add(relative)
@@ -39,7 +43,7 @@ def encoder_choices() -> list[str]:
     """Condition encoder folders (a transformers folder with config.json) under models/hywu_encoders."""
     names = set()
     for base in folder_paths.get_folder_paths(ENCODERS):
-        for root, dirs, files in os.walk(base, followlinks=True):
+        for root, dirs, files in walk_once(base):
             if "config.json" in files:
                 names.add(Path(root).relative_to(base).as_posix())
                 dirs.clear()

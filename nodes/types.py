@@ -1,4 +1,4 @@
-"""The pack's socket types (DESIGN §2), and ComfyUI's LORA_MODEL (a LoRA state dict in
+"""The pack's socket types (docs/design.md, "Data flow"), and ComfyUI's LORA_MODEL (a LoRA state dict in
 comfy.lora's key format, what the stock "Load LoRA Model" / "Save LoRA Weights" nodes take)."""
 from comfy_api.latest import io
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from hywu_core.tiny_editor.family import build_family_files
+from hywu_core.tools.comfy_client import ComfyClient
+from hywu_core.tools.comfy_server import ComfyServer
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,8 +43,8 @@ def comfy_lib(comfyui_dir):
 
     if not torch.cuda.is_available():
         args.cpu = True
-    import comfy.model_management  # noqa: F401  (device chosen here)
     import comfy
+    import comfy.model_management  # noqa: F401  (device chosen here)
 
     return comfy
 
@@ -64,8 +68,6 @@ def comfy_server(comfyui_dir, tmp_path_factory):
     """A real ComfyUI server with the pack, on a free loopback port, with its own
     input/output/user/temp folders and a models folder (server.models_dir, registered through
     an extra_model_paths.yaml) that tests fill; stopped with its children at the end, even on failure."""
-    from hywu_core.comfy_server import ComfyServer
-
     workdir = tmp_path_factory.mktemp("comfyui")
     link = comfyui_dir / "custom_nodes" / "ComfyUI-HY-WU"
     if link.resolve() != REPO:
@@ -82,15 +84,11 @@ def comfy_server(comfyui_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def server_family(comfy_server, comfy_lib):
     """The demo family (random weights, non-zero LoRAs) as "hywu_demo" in the server's model folders."""
-    from hywu_core.demo.family import build_family_files
-
     return build_family_files(comfy_server.models_dir, name="hywu_demo", seed=0, lora_std=0.05)
 
 
 @pytest.fixture(scope="session")
 def client(comfy_server):
-    from hywu_core.comfy_client import ComfyClient
-
     return ComfyClient(comfy_server.url)
 
 

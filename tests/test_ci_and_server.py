@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hywu_core.comfy_server import ComfyServer, ServerError
+from hywu_core.tools.comfy_server import ComfyServer, ServerError
 
 REPO = Path(__file__).resolve().parent.parent
 

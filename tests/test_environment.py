@@ -4,12 +4,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from hywu_core import devenv
+from hywu_core.tools import devenv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_hywu_core_imports_without_comfyui(tmp_path):
 
 def test_bootstrap_module_needs_only_the_standard_library():
     """./hywu imports devenv with a bare python3 before any environment exists."""
-    code = ("import sys; sys.path.insert(0, %r); import hywu_core.devenv as d; "
+    code = ("import sys; sys.path.insert(0, %r); import hywu_core.tools.devenv as d; "
             "assert 'torch' not in sys.modules; print(d.COMFYUI_VERSION)" % str(REPO))
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -107,7 +107,7 @@ def test_requirements_txt_matches_pyproject_dependencies():
     assert sorted(map(normalise, lines)) == sorted(map(normalise, pyproject["project"]["dependencies"]))
     comfy = pyproject["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] and (REPO / comfy["Icon"]).is_file()
-    assert pyproject["project"]["scripts"]["hywu"] == "hywu_core.cli:main"
+    assert pyproject["project"]["scripts"]["hywu"] == "hywu_core.tools.cli:main"
 
 
 def test_comfyui_path_uses_the_users_own_comfyui(hywu, comfyui_dir, tmp_path):
@@ -143,3 +143,30 @@ def test_every_python_subcommand_is_reachable_through_the_bootstrap(hywu, comman
     result = hywu(command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """import-linter over `root` with the contracts in its pyproject.toml (docs/design.md, "The layer contract")."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_layer_contract_is_kept():
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 kept, 0 broken" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("module, upward", [("hywu_core/lora.py", "hywu_core.train.loop"),
+                                            ("hywu_core/train/backbone.py", "hywu_core.demo.edits"),
+                                            ("hywu_core/kernels/reference.py", "hywu_core.lora")])
+def test_layer_contract_catches_an_upward_import(tmp_path, module, upward):
+    for name in ("hywu_core", "nodes"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "inputs"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    path = tmp_path / module
+    path.write_text(path.read_text() + f"\nimport {upward}  # noqa\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "BROKEN" in result.stdout and upward in result.stdout, result.stdout

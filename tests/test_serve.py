@@ -6,7 +6,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hywu_core.comfy_server import free_port
+from hywu_core.tools.comfy_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

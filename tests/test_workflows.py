@@ -2,12 +2,11 @@
 import json
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 from PIL import Image
 
-from hywu_core.workflow_ui import api_to_ui, check_against_object_info, same_graph, ui_to_api
+from hywu_core.tools.workflow_ui import api_to_ui, check_against_object_info, same_graph, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 API_TWINS = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -29,7 +28,7 @@ def test_ui_twin_describes_the_same_graph_and_is_up_to_date(client, api_path):
     assert not missing, f"node types the server does not know: {missing}"
     assert same_graph(api, ui_to_api(ui, info)) == []
     note = (WORKFLOWS / "notes" / f"{api_path.stem}.md").read_text()
-    assert ui == api_to_ui(api, info, note), "stale UI twin: run `python -m hywu_core.workflow_ui` (see README)"
+    assert ui == api_to_ui(api, info, note), "stale UI twin: run `python -m hywu_core.tools.workflow_ui` (see README)"
 
 
 def test_ui_workflows_are_served_as_templates(client):

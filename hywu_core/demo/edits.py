@@ -37,8 +37,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .images import (CROP_SIZE, Crop, crop_pool, laplacian_variance, luminance, mean_luminance,
-                     mean_saturation)
+from hywu_core.demo.images import (
+    CROP_SIZE,
+    Crop,
+    crop_pool,
+    laplacian_variance,
+    luminance,
+    mean_luminance,
+    mean_saturation,
+)
 
 BLUR_SIGMA = 1.5
 NOISE_SIGMA = 0.08

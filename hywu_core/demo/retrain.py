@@ -1,4 +1,4 @@
-"""`./hywu demo-family`: retrain the whole demo family from a fixed seed (DESIGN.md §3, paper §3.6).
+"""`./hywu demo-family`: retrain the whole demo family from a fixed seed (docs/design.md, "The tiny editor"; paper §3.6).
 
     1. the edit suite's training split (hywu_core.demo.edits: 8 directions, 4 conflicting pairs)
        written as a training folder, and a reconstruction manifest over the same images;
@@ -25,6 +25,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from hywu_core.comfyui.library import import_comfy
+from hywu_core.demo.edits import write_edit_dataset
+from hywu_core.demo.run import DEMO_MODELS
+from hywu_core.tiny_editor.backbone import (
+    assemble_demo_backbone,
+    build_demo_backbone,
+    demo_state_dict,
+    save_demo_checkpoint,
+)
+from hywu_core.tiny_editor.encoders import build_tiny_siglip2
+from hywu_core.train.baselines import StaticSchedule, TrainableBackbone, train_static
+from hywu_core.train.config import config_from_dict
+from hywu_core.train.data import EditDataset, read_manifest
+from hywu_core.train.loop import train
 
 NAME = "hywu_demo"
 
@@ -68,11 +83,6 @@ def write_reconstruction_manifest(folder: Path, name: str = "reconstruct.jsonl")
 
 def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=print) -> list[float]:
     """Build the demo backbone from the seed, train it to reconstruct, save it; returns the losses."""
-    from ..train.backbone import import_comfy
-    from ..train.data import EditDataset, read_manifest
-    from .backbone import assemble_demo_backbone, build_demo_backbone, demo_state_dict, save_demo_checkpoint
-    from .baselines import StaticSchedule, TrainableBackbone, train_static
-
     import_comfy("auto")
     state_dict, config = build_demo_backbone(seed=recipe.seed)
     model, clip, vae = assemble_demo_backbone(state_dict, config)
@@ -111,11 +121,6 @@ def generator_config(work: Path, backbone_file: Path, encoder: Path, recipe: Fam
 
 def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(), log=print) -> Path:
     """Run the whole recipe; write the family into `out` (ComfyUI's models layout); returns `out`."""
-    from ..encoders import build_tiny_siglip2
-    from ..train.config import config_from_dict
-    from ..train.loop import train
-    from .edits import write_edit_dataset
-
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
     data = work / "train"
@@ -157,8 +162,6 @@ def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(),
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .run import DEMO_MODELS
-
     parser = argparse.ArgumentParser(prog="hywu demo-family", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEMO_MODELS, help="where the family goes (default: demo_models/)")
     parser.add_argument("--work", type=Path, default=Path("hywu_output") / "demo_family",

@@ -1,4 +1,4 @@
-"""`./hywu demo`: the embedded HY-WU family editing bundled images in a headless ComfyUI (DESIGN §3).
+"""`./hywu demo`: the embedded HY-WU family editing bundled images in a headless ComfyUI (docs/design.md, "The tiny editor").
 
 Starts ComfyUI with the pack, the demo family's model folders and the bundled inputs, runs
 workflows/api/hywu_demo_edit.json for every (image, instruction) pair — one graph that samples
@@ -13,6 +13,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hywu_core.tools.comfy_client import ComfyClient
+from hywu_core.tools.comfy_server import ComfyServer
+from hywu_core.tools.workflow_run import apply_inputs, load_api_workflow
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MODELS = REPO / "demo_models"
@@ -80,10 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instruction", action="append", help="instruction(s) to run (default: four edits)")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
-
-    from ..comfy_client import ComfyClient
-    from ..comfy_server import ComfyServer
-    from ..workflow_run import apply_inputs, load_api_workflow
 
     check_models(args.models)
     sources = sorted(args.inputs.glob("*.png"))

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .reference import per_row_lora_reference
+from hywu_core.kernels.reference import per_row_lora_reference
 
 TRITON_MAX_RANK = 128
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -28,7 +28,7 @@ class KernelInputError(ValueError):
 @functools.cache
 def triton_available() -> bool:
     """Whether triton imports here (looked up once, on the first CUDA call)."""
-    from . import triton_lora
+    from hywu_core.kernels import triton_lora
 
     return triton_lora.AVAILABLE
 
@@ -92,7 +92,7 @@ def per_row_lora(x: Tensor, A: Tensor, B: Tensor, rows: Tensor, scale: float) ->
     """x (R, ..., d_in), A (N, r, d_in), B (N, d_out, r), rows (R,) long -> delta (R, ..., d_out), x's dtype."""
     rows = validate(x, A, B, rows)
     if backend_for(x, A, B) == "triton":
-        from .triton_lora import per_row_lora_triton
+        from hywu_core.kernels.triton_lora import per_row_lora_triton
 
         return per_row_lora_triton(x, A, B, rows, scale)
     return per_row_lora_reference(x, A, B, rows, scale)
@@ -112,7 +112,7 @@ def per_row_lora_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, rows: Tensor
         raise KernelInputError(f"out is on {out.device} but x on {x.device}: keep them on one device")
     out_needs_grad = torch.is_grad_enabled() and out.requires_grad
     if backend_for(x, A, B) == "triton" and not out_needs_grad and out.dtype == x.dtype and _views_as_3d(out):
-        from .triton_lora import per_row_lora_triton
+        from hywu_core.kernels.triton_lora import per_row_lora_triton
 
         return per_row_lora_triton(x, A, B, rows, scale, out=out)
     return out.add_(per_row_lora_reference(x, A, B, rows, scale))

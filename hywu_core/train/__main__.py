@@ -9,6 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from hywu_core.train.config import load_config
+from hywu_core.train.loop import train
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="training config (TOML), e.g. configs/train/demo.toml")
@@ -18,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .config import load_config
-    from .loop import train
-
     try:
         config = load_config(args.config)
         result = train(config, resume=args.resume)

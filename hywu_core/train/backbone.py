@@ -1,6 +1,6 @@
 """The frozen backbone f_theta for on-the-fly training (§3.6), loaded through ComfyUI as a library.
 
-kind "demo": the embedded tiny editor (hywu_core.demo.backbone), from a file or built from a seed
+kind "demo": the embedded tiny editor (hywu_core.tiny_editor.backbone), from a file or built from a seed
 (then written to <output>/backbone.safetensors so the trained generator's backbone can be loaded
 in ComfyUI). kind "comfy": the files the stock loaders read - a full checkpoint
 (comfy.sd.load_checkpoint_guess_config, "Load Checkpoint") or a diffusion model + text encoders +
@@ -14,8 +14,6 @@ How the source image enters the backbone (`edit`) is the stock conditioning node
 Its text encoder and VAE stay frozen and run under no_grad; only the generated LoRA gets gradients.
 
 ComfyUI facts used here:
-- comfy.model_management picks its device when first imported, from comfy.cli_args.args
-  (args.cpu); import_comfy sets that first. cli_args parses no argv unless comfy.options says so.
 - Layers from comfy.ops create their Parameters with requires_grad=True; load_models_gpu may
   re-create them (with requires_grad=False) when it patches; freeze() runs after loading.
 - ComfyUI moves models between devices on demand (a text encoder may push the diffusion model off
@@ -27,37 +25,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .config import TrainConfig
+from hywu_core.comfyui.library import import_comfy
+from hywu_core.tiny_editor.backbone import (
+    DemoBackboneConfig,
+    assemble_demo_backbone,
+    build_demo_backbone,
+    read_demo_checkpoint,
+    save_demo_checkpoint,
+)
+from hywu_core.train.config import TrainConfig
 
 
 class BackboneError(ValueError):
     """A backbone that cannot be loaded as configured; the message names the file or key and the fix."""
-
-
-def import_comfy(device: str = "auto"):
-    """Make `comfy` importable (COMFYUI_DIR / COMFYUI_PATH) and fix its device before its first import."""
-    if "comfy.model_management" not in sys.modules:
-        if importlib.util.find_spec("comfy") is None:
-            folder = os.environ.get("COMFYUI_DIR") or os.environ.get("COMFYUI_PATH")
-            if not folder or not (Path(folder) / "comfy").is_dir():
-                raise BackboneError("ComfyUI is not importable: run through ./hywu (it sets COMFYUI_DIR) or set "
-                                    "COMFYUI_PATH to your ComfyUI folder")
-            sys.path.insert(0, str(Path(folder).resolve()))
-        from comfy.cli_args import args
-
-        if device == "cpu" or not torch.cuda.is_available():
-            args.cpu = True
-    import comfy.model_management
-
-    return comfy.model_management
 
 
 def _safetensors(config: TrainConfig, value: str, key: str) -> str:
@@ -158,9 +143,6 @@ def load_backbone(config: TrainConfig, output: Path | None = None) -> Backbone:
     import_comfy(config.run.device)
     b = config.backbone
     if b.kind == "demo":
-        from ..demo.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone, \
-            read_demo_checkpoint, save_demo_checkpoint
-
         if b.checkpoint:
             state_dict, demo_config = read_demo_checkpoint(config.path(b.checkpoint))
         else:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 BACKBONE_KINDS = ("demo", "comfy")
 EDIT_CONDITIONINGS = ("instruct_pix2pix", "reference_latent", "qwen_image_edit_plus")
@@ -35,7 +36,7 @@ class RunConfig:
 
 @dataclass
 class BackboneConfig:
-    kind: str = "demo"                 # demo: hywu_core.demo.backbone; comfy: files ComfyUI loads
+    kind: str = "demo"                 # demo: hywu_core.tiny_editor.backbone; comfy: files ComfyUI loads
     checkpoint: str = ""               # demo: a demo backbone file; comfy: a full checkpoint (model+clip+vae)
     seed: int = 0                      # demo without a file: weights built from this seed
     demo: dict = field(default_factory=dict)   # demo without a file: DemoBackboneConfig fields

@@ -35,12 +35,38 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ConfigError, TrainConfig
-from .data import DataOrder, EditDataset, read_manifest
-from .distributed import (DistributedContext, full_model_state, full_optimizer_state, init_distributed,
-                          load_full_model_state, load_full_optimizer_state, set_gradient_sync, shard_generator)
-from .objective import DenoisingObjective, backward_into_generator, leaf_bundle
-from .state import checkpoint_paths, completed_checkpoints, load_train_state, save_train_state, set_rng_state
+from hywu_core.comfyui.library import import_comfy
+from hywu_core.condition import encode_condition
+from hywu_core.encoders import load_condition_encoder
+from hywu_core.generator import Generator
+from hywu_core.generator_files import build_loaded, load_generator, read_safetensors, save_generator
+from hywu_core.nnt import NNTConfig
+from hywu_core.targets import derive_targets
+from hywu_core.tiny_editor.encoders import build_tiny_siglip2
+from hywu_core.tokenizer import make_layout
+from hywu_core.train.backbone import checkpointed, load_backbone
+from hywu_core.train.config import ConfigError, TrainConfig
+from hywu_core.train.data import DataOrder, EditDataset, read_manifest
+from hywu_core.train.distributed import (
+    DistributedContext,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    load_full_model_state,
+    load_full_optimizer_state,
+    set_gradient_sync,
+    shard_generator,
+)
+from hywu_core.train.objective import DenoisingObjective, backward_into_generator, leaf_bundle
+from hywu_core.train.state import (
+    checkpoint_paths,
+    completed_checkpoints,
+    load_train_state,
+    save_train_state,
+    set_rng_state,
+)
+from hywu_core.train.synthetic import write_procedural_dataset
+from hywu_core.train.validation import sample_edits, save_grid
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "peak_mem_mb")
 RESUME_MUST_MATCH = ("backbone", "encoder", "generator")
@@ -99,8 +125,6 @@ class Trainer:
         d = self.config.data
         folder = self.config.path(d.folder)
         if d.procedural and not (folder / d.manifest).is_file():
-            from .synthetic import write_procedural_dataset
-
             options = dict(d.procedural)
             unknown = sorted(set(options) - {"kind", "count", "size"})
             if unknown:
@@ -115,9 +139,6 @@ class Trainer:
 
     def build(self, resume=None) -> "Trainer":
         """Load encoder, backbone and generator, shard, make optimizer and scheduler; resume if asked."""
-        from ..encoders import build_tiny_siglip2, load_condition_encoder
-        from .backbone import import_comfy, load_backbone
-
         config, run = self.config, self.config.run
         self._main_first(lambda: self.output.mkdir(parents=True, exist_ok=True))
         self.state = load_train_state(self._resume_path(resume)) if resume else None
@@ -189,12 +210,6 @@ class Trainer:
                               "settings; resume with the config the run was started with")
 
     def _build_generator(self):
-        from ..checkpoint import load_generator
-        from ..generator import Generator
-        from ..nnt import NNTConfig
-        from ..targets import derive_targets
-        from ..tokenizer import make_layout
-
         g = self.config.generator
         spec = derive_targets(self.backbone.diffusion_model, include=g.include or None, exclude=g.exclude or None)
         if g.init:
@@ -215,8 +230,6 @@ class Trainer:
             return Generator(nnt_config, layout, g.alpha)
 
     def _restore(self, state: dict) -> None:
-        from ..checkpoint import read_safetensors
-
         _, tensors = read_safetensors(state["generator"])
         load_full_model_state(self.generator, tensors)
         load_full_optimizer_state(self.trainee, self.optimizer, state["optimizer"])
@@ -227,14 +240,6 @@ class Trainer:
 
     # ---- one optimizer step ------------------------------------------------------------------------
 
-    def _encode(self, batch):
-        images = batch.source
-        references = batch.references or None
-        if self.config.encoder.trainable:
-            encode = type(self.encoder).encode.__wrapped__   # encode() is @torch.no_grad(); train through it
-            return encode(self.encoder, images, batch.instructions, references)
-        return self.encoder.encode(images, batch.instructions, references)
-
     def _autocast(self):
         if not self.autocast:
             return nullcontext()
@@ -244,9 +249,8 @@ class Trainer:
         """Forward + backward of one micro-batch; returns the per-sample losses."""
         x0, conds, noise, sigma = self.objective.inputs(batch.source, batch.target, batch.instructions,
                                                         batch.references, batch.index, self.config.run.seed)
-        cond, mask = self._encode(batch)
         with self._autocast():
-            bundle = self.generator(cond, mask)
+            bundle = self.generator(encode_condition(self.encoder, batch.source, batch.instructions, batch.references))
         leaf = leaf_bundle(bundle)
         losses = self.objective.backward(leaf, conds, x0, noise, sigma, weight)
         backward_into_generator(bundle, leaf)
@@ -299,8 +303,6 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Generator file, (trained encoder folder), then the state file; rank 0 writes, all ranks gather."""
-        from ..checkpoint import build_loaded, save_generator
-
         model_state = full_model_state(self.generator)
         optimizer_state = full_optimizer_state(self.trainee, self.optimizer)
         generator_path, state_path = checkpoint_paths(self.checkpoints, self.step)
@@ -340,14 +342,12 @@ class Trainer:
 
     def validate(self) -> Path | None:
         """Sample the validation edits without and with their generated LoRAs; write the grid (rank 0)."""
-        from .validation import sample_edits, save_grid
-
         v = self.config.validation
         batch = self.validation_set.batch(list(range(len(self.validation_set))), [])
         with torch.no_grad():
-            cond, mask = self.encoder.encode(batch.source, batch.instructions, batch.references or None)
             with self._autocast():
-                bundle = self.generator(cond, mask)
+                bundle = self.generator(encode_condition(self.encoder, batch.source, batch.instructions,
+                                                         batch.references))
         if not self.context.is_main:
             self.context.barrier()
             return None
@@ -380,8 +380,6 @@ class Trainer:
         import json
 
         from tqdm import tqdm
-
-        from .backbone import checkpointed
 
         config, run, t = self.config, self.config.run, self.config.train
         main = self.context.is_main

@@ -31,8 +31,10 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from ..lora import LoRABundle
-from ..lora_inject import per_row_injection
+from hywu_core.condition import encode_condition
+from hywu_core.lora import LoRABundle
+from hywu_core.lora_inject import per_row_injection
+from hywu_core.train.backbone import checkpointed
 
 
 def sample_noise(shape: tuple[int, ...], sigmas: Tensor, seed: int, sample_index: int) -> tuple[Tensor, Tensor]:
@@ -121,8 +123,6 @@ class DenoisingObjective:
     def _run(self, bundle, conds, x0, noise, sigma, weight) -> Tensor:
         import comfy.samplers
 
-        from .backbone import checkpointed
-
         self.backbone.load()
         device = self.backbone.device
         model = self.backbone.model.model
@@ -166,8 +166,6 @@ def evaluation_loss(backbone, encoder, generator, dataset, seed: int = 0) -> flo
                                                    [i], seed)
         bundle = None
         if generator is not None:
-            parameter = next(generator.parameters())
-            cond, mask = encoder.encode(batch.source, batch.instructions, batch.references or None)
-            bundle = generator(cond.to(parameter.device, parameter.dtype), mask.to(parameter.device))
+            bundle = generator(encode_condition(encoder, batch.source, batch.instructions, batch.references))
         total += float(objective.losses(bundle, conds, x0, noise, sigma).sum())
     return total / len(dataset)

@@ -2,7 +2,7 @@
 
 A checkpoint at step N is two files in <output>/checkpoints/:
 
-    step_<N>.safetensors        the generator, in our generator format (hywu_core.checkpoint)
+    step_<N>.safetensors        the generator, in our generator format (hywu_core.generator_files)
     step_<N>.state.safetensors  what resuming needs besides the weights:
         tensors   "optim/<parameter name>/<key>"   AdamW moments and step counts (full, unsharded)
                   "rng/torch", "rng/cuda/<i>"       global RNG states

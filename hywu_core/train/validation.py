@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..lora_inject import per_row_injection
+from hywu_core.lora_inject import per_row_injection
 
 
 @torch.no_grad()

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hywu_core.tools.devenv import ensure_chromium
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 INPUT_IMAGES = ("hywu_demo_source.png", "hywu_demo_source_2.png", "hywu_demo_source_3.png")
@@ -23,8 +25,6 @@ ARTIFACTS = Path(os.environ.get("HYWU_ARTIFACTS", REPO / "hywu_output" / "test-a
 
 @pytest.fixture(scope="module")
 def chromium():
-    from hywu_core.devenv import ensure_chromium
-
     path, how = ensure_chromium()
     if path is None:
         pytest.skip(f"browser test skipped: {how}")

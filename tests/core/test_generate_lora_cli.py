@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from hywu_core import generate_lora as cli
-from hywu_core.checkpoint import load_generator, save_generator
+from hywu_core.condition import Condition
+from hywu_core.generator_files import load_generator, save_generator
+from hywu_core.tools import generate_lora as cli
 
 from .official_reference import TINY_CONFIG, reference_forward, write_official_folder
 
@@ -38,7 +39,7 @@ def test_official_format_from_our_generator(tmp_path, generator):
     assert done.returncode == 0, done.stderr
     out = load_file(str(tmp_path / "lora.safetensors"))
     with torch.no_grad():
-        bundle = generator.generate(cond)
+        bundle = generator(Condition.from_tensors(cond))
     scale = out.pop("scale")
     assert scale.shape == () and float(scale) == generator.alpha / generator.rank == 2.0
     assert sorted(out) == sorted(f"{p}.lora_{ab}" for p in generator.spec.module_paths() for ab in "AB")
@@ -73,7 +74,7 @@ def test_comfy_format_one_file_per_condition_or_by_index(tmp_path, generator, ca
     code, err = generate_lora_here(capsys, *common, "--out", tmp_path / "lora.safetensors")
     assert code == 0, err
     with torch.no_grad():
-        bundle = load_generator(tmp_path / "gen.safetensors").generate(cond)
+        bundle = load_generator(tmp_path / "gen.safetensors")(Condition.from_tensors(cond))
     for i in range(3):
         written = load_file(str(tmp_path / f"lora_{i}.safetensors"))
         expected = bundle.to_comfy_state_dict(i)
@@ -101,7 +102,7 @@ def test_bad_condition_and_generator_files_exit_2_with_a_message(tmp_path, gener
     assert code == 2 and "expected (B, L, D) or (B, 1, L, D)" in err
     save_file({"condition": torch.randn(1, 5, 7)}, str(tmp_path / "cond.safetensors"))
     code, err = generate_lora_here(capsys, *args)
-    assert code == 2 and "condition must have shape (N, L, 12)" in err
+    assert code == 2 and "the condition is 7 wide (from 'cond.safetensors') but the generator expects 12" in err
     save_file({"condition": torch.randn(2, 5, 12)}, str(tmp_path / "cond.safetensors"))
     code, err = generate_lora_here(capsys, *args, "--index", 0)
     assert code == 2 and "--index applies to --format comfy only" in err

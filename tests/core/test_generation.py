@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hywu_core.condition import Condition, split_instructions
-from hywu_core.generation import GenerationCache, generate_lora
+from hywu_core.generated_lora import GenerationCache, bundle_bytes, generate_lora
 
 
 def condition(n: int = 2, width: int = 12, seed: int = 0, value: float | None = None) -> Condition:
@@ -32,7 +32,8 @@ def test_condition_refuses_nan_and_fingerprints_by_content():
 
 
 def test_generation_records_provenance_and_checks_width(generator):
-    generated = generate_lora(generator, condition(), generator_name="tiny.safetensors")
+    generator.source = "tiny.safetensors"
+    generated = generate_lora(generator, condition())
     assert generated.batch_size == 2
     assert generated.items[1] == {"generator": "tiny.safetensors", "instruction": "edit 1", "source": f"{1:016x}"}
     with pytest.raises(ValueError, match="condition is 16 wide .* generator expects 12"):
@@ -49,11 +50,25 @@ def test_generated_nan_is_refused(generator):
 def test_cache_skips_the_generator_for_an_unchanged_condition(generator):
     calls = []
     generator.nnt.register_forward_hook(lambda *args: calls.append(1))
-    cache = GenerationCache(capacity=2)
+    size = bundle_bytes(generate_lora(generator, condition(seed=3)).bundle)
+    cache = GenerationCache(max_bytes=2 * size)
     first = generate_lora(generator, condition(seed=3), cache=cache)
     again = generate_lora(generator, condition(seed=3), cache=cache)
-    assert len(calls) == 1 and again.bundle is first.bundle
+    assert len(calls) == 2 and again.bundle is first.bundle
     generate_lora(generator, condition(seed=4), cache=cache)
     generate_lora(generator, condition(seed=5), cache=cache)
+    assert cache.bytes == 2 * size
     generate_lora(generator, condition(seed=3), cache=cache)
-    assert len(calls) == 4  # evicted after two newer entries
+    assert len(calls) == 5  # evicted: the budget holds two bundles
+
+
+def test_cache_is_bounded_by_bytes_and_skips_a_bundle_over_the_budget(generator):
+    size = bundle_bytes(generate_lora(generator, condition(n=1)).bundle)
+    cache = GenerationCache(max_bytes=3 * size)
+    big = generate_lora(generator, condition(n=4, seed=1), cache=cache)
+    assert bundle_bytes(big.bundle) == 4 * size and cache.bytes == 0
+    assert generate_lora(generator, condition(n=4, seed=1), cache=cache).bundle is not big.bundle
+    for seed in range(5):
+        generate_lora(generator, condition(n=1, seed=10 + seed), cache=cache)
+        assert cache.bytes == min(seed + 1, 3) * size
+    assert GenerationCache().max_bytes == 512 * 2**20

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hywu_core import bench_kernels
+from hywu_core.bench import kernels as bench_kernels
 from hywu_core.kernels import KernelInputError, backend_for, choose_backend, per_row_lora, per_row_lora_add_
 from hywu_core.kernels.reference import per_row_lora_reference
 
@@ -148,7 +148,7 @@ def test_kernels_import_and_run_without_triton():
         "    assert 'falls back to the torch reference' in str(e)\n"
         "else:\n"
         "    raise AssertionError('shrink ran without triton')\n"
-        "import hywu_core.bench_kernels\n"
+        "import hywu_core.bench.kernels\n"
         "print('ok')\n"
     )
     result = _python(["-c", code])

@@ -5,7 +5,7 @@ import torch
 from hywu_core import lora_tools
 from hywu_core.lora import LoRABundle
 
-from .conftest import uneven_spec
+from .helpers import uneven_spec
 
 
 def random_bundle(n: int, seed: int, rank: int = 4, alpha: float = 8.0) -> LoRABundle:

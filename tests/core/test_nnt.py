@@ -4,9 +4,13 @@ import copy
 import pytest
 import torch
 
-from hywu_core.nnt import NNT, NNTConfig, apply_rope, rope_angles
+from hywu_core.condition import Condition
+from hywu_core.generator import Generator
+from hywu_core.nnt import NNT, Attention, FeedForward, NNTConfig, apply_rope, rope_angles
+from hywu_core.targets import derive_targets
+from hywu_core.tokenizer import make_layout
 
-from .conftest import randomize_b_head, small_generator
+from .helpers import randomize_b_head, small_generator
 
 
 def test_tokens_shape_padding_exactly_zero_and_heads_by_token_kind(generator):
@@ -31,7 +35,7 @@ def test_batched_generation_equals_one_condition_at_a_time(variant):
 
 
 def test_fresh_generator_has_b_exactly_zero_and_a_nonzero():
-    bundle = small_generator().generate(torch.randn(2, 5, 12))
+    bundle = small_generator()(Condition.from_tensors(torch.randn(2, 5, 12)))
     for path in bundle.A:
         assert torch.equal(bundle.B[path], torch.zeros_like(bundle.B[path])), path
         assert bool(bundle.A[path].abs().sum() > 0), path
@@ -146,10 +150,6 @@ def with_lora_merged(model, bundle, item=0):
 
 
 def test_fresh_generator_leaves_a_comfy_mmdit_bitwise_unchanged(comfy_lib):
-    from hywu_core.generator import Generator
-    from hywu_core.targets import derive_targets
-    from hywu_core.tokenizer import make_layout
-
     model = tiny_sd3_mmdit(comfy_lib)
     layout = make_layout(derive_targets(model), 4)
     generator = Generator(NNTConfig(cond_dim=16, width=24, depth=1, heads=2), layout, alpha=4.0).eval()
@@ -157,10 +157,10 @@ def test_fresh_generator_leaves_a_comfy_mmdit_bitwise_unchanged(comfy_lib):
     with torch.no_grad():
         base = model(x, t, context=context, y=y)
         assert bool(torch.isfinite(base).all())
-        fresh = generator.generate(torch.randn(1, 3, 16))
+        fresh = generator(Condition.from_tensors(torch.randn(1, 3, 16)))
         assert torch.equal(with_lora_merged(model, fresh)(x, t, context=context, y=y), base)
         randomize_b_head(generator)
-        trained = generator.generate(torch.randn(1, 3, 16))
+        trained = generator(Condition.from_tensors(torch.randn(1, 3, 16)))
         assert not torch.equal(with_lora_merged(model, trained)(x, t, context=context, y=y), base)
 
 
@@ -207,8 +207,6 @@ def test_norms_are_rmsnorm_before_every_attention_and_ffn(attention):
     """Pre-norm RMSNorm: every normalisation is nn.RMSNorm (one per attention and FFN of a block, plus
     condition, starting latent and output), and with the fresh unit weights each attention, its
     condition keys and each FFN read unit-RMS vectors."""
-    from hywu_core.nnt import Attention, FeedForward
-
     nnt = small_generator(attention=attention).nnt
     norms = [m for m in nnt.modules() if "norm" in type(m).__name__.lower()]
     assert all(type(m) is torch.nn.RMSNorm and m.eps == nnt.config.norm_eps for m in norms), norms

@@ -8,7 +8,9 @@ is closer to its own target than to any other condition's).
 """
 import torch
 
-from .conftest import small_generator
+from hywu_core.condition import Condition
+
+from .helpers import small_generator
 
 STEPS = 300
 REQUIRED_FALL = 100.0
@@ -29,7 +31,7 @@ def test_tiny_nnt_learns_per_condition_loras():
     optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
     losses = []
     for _ in range(STEPS):
-        loss = lora_loss(generator.generate(cond), targets)
+        loss = lora_loss(generator(Condition.from_tensors(cond)), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -39,7 +41,7 @@ def test_tiny_nnt_learns_per_condition_loras():
     assert losses[-1] * REQUIRED_FALL < losses[0], f"loss fell only {losses[0] / losses[-1]:.1f}x"
 
     with torch.no_grad():
-        bundle = generator.generate(cond)
+        bundle = generator(Condition.from_tensors(cond))
     flat = lambda b: torch.cat([torch.cat([b.A[p].flatten(1), b.B[p].flatten(1)], 1) for p in b.A], 1)
     distances = torch.cdist(flat(bundle), flat(targets))                     # generated i vs target j
     assert torch.equal(distances.argmin(dim=1), torch.arange(8)), "generated LoRAs are not condition-specific"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hywu_core.targets import (TargetBlock, TargetMismatchError, TargetModule, TargetSpec, derive_targets)
+from hywu_core.targets import TargetBlock, TargetMismatchError, TargetModule, TargetSpec, derive_targets
 
 from .tiny_backbones import ARCHITECTURES, TinyMoE, build
 

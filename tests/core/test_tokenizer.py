@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from hywu_core.lora import LoRABundle, factor_shapes
 from hywu_core.targets import TargetBlock, TargetModule, TargetSpec, derive_targets
 from hywu_core.tokenizer import ParameterLayout, make_layout
 
@@ -102,8 +103,6 @@ OFFICIAL_LAYER0 = [
 
 def coded_bundle(spec, rank, codes, batch=2):
     """Factors whose elements are code + row-major index (+1000 per layer, +10000 per batch row)."""
-    from hywu_core.lora import LoRABundle, factor_shapes
-
     A, B = {}, {}
     for layer, block in enumerate(spec.blocks):
         for m in block.modules:
@@ -168,8 +167,6 @@ def test_bad_input_is_named(specs):
         layout.tokenize(random_bundle(spec, rank=8))
     with pytest.raises(ValueError, match="unknown parameter layout 'flat'"):
         make_layout(spec, 4, kind="flat")
-    with pytest.raises(ValueError, match="takes no options"):
-        make_layout(spec, 4, order="factor")
 
 
 def test_half_precision_round_trip(specs):

@@ -1,15 +1,15 @@
-"""The demo backbone (hywu_core.demo.backbone): one checkpoint file -> MODEL, CLIP, VAE that sample
+"""The demo backbone (hywu_core.tiny_editor.backbone): one checkpoint file -> MODEL, CLIP, VAE that sample
 through ComfyUI's stock path (CLIPTextEncode -> InstructPixToPixConditioning -> KSampler -> VAEDecode)."""
 import pytest
 import torch
+
+from hywu_core.tiny_editor import backbone
 
 STEPS = 4
 
 
 @pytest.fixture(scope="module")
 def demo(comfy_lib):
-    from hywu_core.demo import backbone
-
     return backbone
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hywu_core.tiny_editor.family import build_family_files
+
 
 def test_demo_runs_the_workflow_and_writes_the_side_by_side(hywu, comfy_lib, tmp_path):
-    from hywu_core.demo.family import build_family_files
-
     models = tmp_path / "models"
     build_family_files(models, name="hywu_demo", lora_std=0.05)
     inputs = tmp_path / "inputs"

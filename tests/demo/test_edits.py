@@ -13,6 +13,8 @@ import torch
 
 from hywu_core.demo import edits as E
 from hywu_core.demo import images as I
+from hywu_core.tiny_editor.encoders import EDIT_WORDS
+from hywu_core.train.data import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -136,8 +138,6 @@ def test_psnr_and_ssim_known_values_and_skimage_agreement():
 
 
 def test_phrasings_vary_within_the_tiny_tokenizer_vocabulary(heldout_pool):
-    from hywu_core.encoders import EDIT_WORDS
-
     seen = {}
     for task, spec in E.DIRECTIONS.items():
         assert len(set(spec.phrasings)) == len(spec.phrasings) >= 4
@@ -157,8 +157,6 @@ WRITE = ("import sys; from hywu_core.demo.edits import write_edit_dataset; "
 
 def test_written_dataset_is_bitwise_reproducible_and_the_trainer_reads_it(tmp_path, heldout_pool):
     from PIL import Image
-
-    from hywu_core.train.data import read_manifest
 
     manifest = E.write_edit_dataset(tmp_path / "a", "heldout", 2, seed=3)
     env = dict(os.environ, PYTHONHASHSEED="12345", OMP_NUM_THREADS="1")

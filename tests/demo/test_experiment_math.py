@@ -1,8 +1,8 @@
 """The experiments' statistics on inputs whose answers are known (no models, no ComfyUI)."""
 import torch
 
-from hywu_core.demo.experiments.geometry import neighbour_rates, update_cosines
-from hywu_core.demo.experiments.gradients import task_statistics
+from hywu_core.experiments.geometry import neighbour_rates, update_cosines
+from hywu_core.experiments.gradients import task_statistics
 from hywu_core.lora import LoRABundle
 from hywu_core.targets import TargetBlock, TargetModule, TargetSpec
 

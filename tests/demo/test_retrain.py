@@ -2,13 +2,12 @@
 import json
 
 from hywu_core.demo.run import FAMILY_FILES
+from hywu_core.encoders import load_condition_encoder
+from hywu_core.generator_files import load_generator
+from hywu_core.tiny_editor.backbone import load_demo_checkpoint
 
 
 def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comfy_lib, tmp_path):
-    from hywu_core.checkpoint import load_generator
-    from hywu_core.demo.backbone import load_demo_checkpoint
-    from hywu_core.encoders import load_condition_encoder
-
     out = tmp_path / "models"
     result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work")
     assert result.returncode == 0, result.stderr[-3000:]

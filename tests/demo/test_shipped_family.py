@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from hywu_core.demo.edits import DIRECTIONS, make_edits, score
-from hywu_core.demo.run import DEMO_MODELS, FAMILY_FILES, WORKFLOW
+from hywu_core.demo.run import DEMO_INPUTS, DEMO_MODELS, FAMILY_FILES, INSTRUCTIONS, WORKFLOW
+from hywu_core.tools.workflow_run import apply_inputs, load_api_workflow
 
 SHIPPED = "hywu_demo_shipped"
-HELDOUT_SEED = 1          # the experiments' held-out set (hywu_core.demo.experiments.context)
+HELDOUT_SEED = 1          # the experiments' held-out set (hywu_core.experiments.context)
 PER_DIRECTION = 3
 DEMO_DIRECTIONS = ("brighten", "darken", "add_noise")   # the edits `./hywu demo` shows
 
@@ -44,8 +45,6 @@ def test_each_demo_edit_moves_its_score_the_right_way_on_heldout_images(shipped_
     """brighten / darken raise / lower mean luma, add_noise raises the noise estimate: for every
     held-out edit, HY-WU's output moves the score the right way and further than the base backbone's
     output does (the base reproduces its input)."""
-    from hywu_core.workflow_run import apply_inputs, load_api_workflow
-
     template = load_api_workflow(WORKFLOW)
     edits = make_edits("heldout", PER_DIRECTION, seed=HELDOUT_SEED, tasks=DEMO_DIRECTIONS)
     gains = {task: {"hywu": [], "base": []} for task in DEMO_DIRECTIONS}
@@ -100,8 +99,6 @@ def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
 
 
 def test_demo_defaults_run_the_shipped_family_on_the_bundled_images(hywu, tmp_path):
-    from hywu_core.demo.run import DEMO_INPUTS, INSTRUCTIONS
-
     inputs = sorted(DEMO_INPUTS.glob("*.png"))
     assert len(inputs) == 3
     out = tmp_path / "demo"

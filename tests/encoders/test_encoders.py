@@ -1,16 +1,17 @@
 """Condition encoder (paper §3.3): tiny SigLIP2 / SigLIP / CLIP folders load and give U = [image ; text]."""
 import json
+import os
+import resource
 import shutil
+import time
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from hywu_core.encoders import (
-    build_tiny_clip,
-    build_tiny_siglip,
-    build_tiny_siglip2,
-    load_condition_encoder,
-)
+from hywu_core.encoders import load_condition_encoder
+from hywu_core.tiny_editor.encoders import build_tiny_clip, build_tiny_siglip, build_tiny_siglip2
 
 BUILDERS = {"siglip2": build_tiny_siglip2, "siglip": build_tiny_siglip, "clip": build_tiny_clip}
 TEXT_LENGTH = 16  # the tiny builders' default max_length
@@ -239,3 +240,63 @@ def test_non_finite_features_are_refused(folders):
         encoder.model.text_model.final_layer_norm.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="produced NaN/Inf features in torch.float32"):
         encoder.encode(images(1), "blur")
+
+
+def edit_config(folder, tower: str, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config[f"{tower}_config"].update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("tower, changes, message", [
+    ("vision", {"num_hidden_layers": 1_000_000}, "vision tower has num_hidden_layers=1000000 but the weights hold 2"),
+    ("text", {"num_hidden_layers": 0}, "text tower has num_hidden_layers=0 but the weights hold 2"),
+    ("text", {"hidden_size": 2**20, "intermediate_size": 2**22},
+     r"weights do not match config.json \(wrong shape: text_model.embeddings.token_embedding.weight"),
+    ("vision", {"num_patches": 2**30}, "wrong shape: vision_model.embeddings.position_embedding.weight"),
+])
+def test_a_config_the_weights_do_not_back_is_refused_before_building(folders, tmp_path, tower, changes, message):
+    """transformers would build (and initialise) what config.json says: a million layers, or a
+    4 TB matrix; the check reads only headers and builds on the meta device."""
+    broken = copy_without(folders["siglip2"], tmp_path)
+    edit_config(broken, tower, **changes)
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        load_condition_encoder(broken)
+    assert time.monotonic() - start < 5
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100
+
+
+def test_a_huge_config_json_is_refused_unread(folders, tmp_path):
+    broken = copy_without(folders["siglip2"], tmp_path)
+    with open(broken / "config.json", "ab") as f:
+        f.truncate(64 * 2**20)
+    with pytest.raises(ValueError, match="far too large for a model's JSON file"):
+        load_condition_encoder(broken)
+
+
+@pytest.mark.parametrize("shard", ["../model.safetensors", "/etc/passwd", "link.safetensors"])
+def test_shards_outside_the_encoder_folder_are_refused(folders, tmp_path, shard):
+    broken = copy_without(folders["siglip2"], tmp_path)
+    (broken / "model.safetensors").rename(tmp_path / "model.safetensors")
+    if shard == "link.safetensors":
+        os.symlink(tmp_path / "model.safetensors", broken / shard)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        weight_map = {name: shard for name in f.keys()}
+    (broken / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(ValueError, match=f"shard '{shard}' is outside the folder"):
+        load_condition_encoder(broken)
+
+
+def test_a_sharded_encoder_inside_its_folder_loads(folders, tmp_path, siglip2):
+    sharded = copy_without(folders["siglip2"], tmp_path, "model.safetensors")
+    tensors = load_file(folders["siglip2"] / "model.safetensors")
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, str(sharded / shard), metadata={"format": "pt"})
+        weight_map |= {k: shard for k in part}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cond, _ = load_condition_encoder(sharded).encode(images(1), "blur")
+    assert torch.equal(cond, siglip2.encode(images(1), "blur")[0])

@@ -1,24 +1,30 @@
-"""Generated LoRAs applied through ComfyUI's ModelPatcher (hywu_core.comfy_lora), sampled through
+"""Generated LoRAs applied through ComfyUI's ModelPatcher (hywu_core.comfyui.lora_patch), sampled through
 comfy.sample as KSampler does, on the tiny demo backbone."""
 import pytest
 import torch
+
+from hywu_core.comfyui.lora_patch import apply_dynamic, apply_merge
+from hywu_core.lora import LoRABundle
+from hywu_core.targets import TargetMismatchError, derive_targets
+from hywu_core.tiny_editor.backbone import (
+    DemoBackboneConfig,
+    assemble_demo_backbone,
+    build_demo_backbone,
+    load_demo_checkpoint,
+    save_demo_checkpoint,
+)
 
 STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def backbone(comfy_lib, tmp_path_factory):
-    from hywu_core.demo.backbone import build_demo_backbone, load_demo_checkpoint, save_demo_checkpoint
-
     path = tmp_path_factory.mktemp("backbone") / "demo.safetensors"
     save_demo_checkpoint(path, *build_demo_backbone(seed=0))
     return path, load_demo_checkpoint(path)
 
 
 def random_bundle(model, n: int, seed: int, std: float = 0.05):
-    from hywu_core.lora import LoRABundle
-    from hywu_core.targets import derive_targets
-
     spec = derive_targets(model.model.diffusion_model)
     g = torch.Generator().manual_seed(seed)
     A = {p: torch.randn(n, 4, m.d_in, generator=g) * std for p, m in spec.items()}
@@ -60,8 +66,6 @@ def test_merge_equals_the_stock_loader_on_the_exported_file(backbone, tmp_path):
     import comfy.utils
     from safetensors.torch import save_file
 
-    from hywu_core.comfy_lora import apply_merge
-
     _, (model, clip, vae) = backbone
     bundle = random_bundle(model, 2, seed=1)
     path = tmp_path / "lora.safetensors"
@@ -74,8 +78,6 @@ def test_merge_equals_the_stock_loader_on_the_exported_file(backbone, tmp_path):
 
 
 def test_dynamic_equals_merge_for_one_shared_lora(backbone):
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
-
     _, (model, clip, vae) = backbone
     one = random_bundle(model, 1, seed=2)
     source = images(2, seed=5)
@@ -84,26 +86,27 @@ def test_dynamic_equals_merge_for_one_shared_lora(backbone):
     assert (merged - dynamic).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("batch", [3, 4])
-def test_each_row_under_cfg_gets_its_own_lora(backbone, batch):
-    """Three LoRAs over a batch of 3, and of 4 (row 3 reuses LoRA 0): each row equals a solo run."""
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
-
+def test_each_row_under_cfg_gets_its_own_lora(backbone):
+    """Three LoRAs over a batch of 3: each row equals a solo run."""
     _, (model, clip, vae) = backbone
     bundle = random_bundle(model, 3, seed=3)
-    source = images(batch, seed=6)
+    source = images(3, seed=6)
     together = edit(apply_dynamic(model, bundle), clip, vae, source, cfg=3.0)
-    for row in range(batch):
-        solo = edit(apply_merge(model, bundle, item=row % 3), clip, vae, source[row:row + 1], cfg=3.0,
-                    noise_index=row)
+    for row in range(3):
+        solo = edit(apply_merge(model, bundle, item=row), clip, vae, source[row:row + 1], cfg=3.0, noise_index=row)
         assert (together[row] - solo[0]).abs().max() < 1e-4, f"row {row}"
     wrong = edit(apply_merge(model, bundle, item=1), clip, vae, source[:1], cfg=3.0, noise_index=0)
     assert (together[0] - wrong[0]).abs().max() > 1e-2
 
 
-def test_base_weights_after_twenty_runs_and_the_input_model_is_untouched(backbone):
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
+def test_a_lora_count_neither_one_nor_the_batch_is_refused(backbone):
+    """Three LoRAs on four images would reuse LoRA 0 for image 3: refused, naming both counts."""
+    _, (model, clip, vae) = backbone
+    with pytest.raises(ValueError, match="dynamic mode got 3 LoRAs for a latent batch of 4"):
+        edit(apply_dynamic(model, random_bundle(model, 3, seed=3)), clip, vae, images(4, seed=6), cfg=3.0)
 
+
+def test_base_weights_after_twenty_runs_and_the_input_model_is_untouched(backbone):
     _, (model, clip, vae) = backbone
     base_weights = weights(model)
     patches, wrappers = dict(model.patches), model.wrappers
@@ -126,8 +129,6 @@ def test_lowvram_partial_load_gives_the_full_load_result(backbone):
     patches become LowVramPatch weight functions applied at cast time."""
     import comfy.model_management as mm
     import comfy.patcher_extension
-
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
 
     _, (model, _, _) = backbone
     bundle = random_bundle(model, 2, seed=8)
@@ -158,8 +159,6 @@ def test_lowvram_partial_load_gives_the_full_load_result(backbone):
 def test_stacks_with_a_stock_lora_before_and_after(backbone):
     import comfy.sd
 
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
-
     _, (model, clip, vae) = backbone
     ours, other = random_bundle(model, 1, seed=10), random_bundle(model, 1, seed=11)
     stock = other.to_comfy_state_dict(0)
@@ -177,8 +176,6 @@ def test_a_stock_lora_stacks_after_dynamic_under_cfg(backbone):
     """LoraLoader's patches on top of HYWUApplyLoRA's dynamic clone: each row gets its own LoRA plus the stock one."""
     import comfy.sd
 
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
-
     _, (model, clip, vae) = backbone
     ours, other = random_bundle(model, 2, seed=14), random_bundle(model, 1, seed=15)
     source = images(2, seed=16)
@@ -193,10 +190,6 @@ def test_a_stock_lora_stacks_after_dynamic_under_cfg(backbone):
 
 
 def test_a_lora_for_another_backbone_names_the_mismatch(backbone):
-    from hywu_core.comfy_lora import apply_dynamic, apply_merge
-    from hywu_core.demo.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
-    from hywu_core.targets import TargetMismatchError
-
     _, (model, _, _) = backbone
     other, _, _ = assemble_demo_backbone(*build_demo_backbone(seed=1, config=DemoBackboneConfig(num_blocks=4)))
     foreign = random_bundle(other, 1, seed=13)

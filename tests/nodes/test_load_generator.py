@@ -3,13 +3,15 @@
 import pytest
 import torch
 
+from hywu_core.condition import Condition
+from hywu_core.generator import Generator
+from hywu_core.generator_files import save_generator
+from hywu_core.nnt import NNTConfig
+from hywu_core.targets import TargetBlock, TargetModule, TargetSpec
+from hywu_core.tokenizer import make_layout
+
 
 def tiny_generator(seed: int = 0):
-    from hywu_core.generator import Generator
-    from hywu_core.nnt import NNTConfig
-    from hywu_core.targets import TargetBlock, TargetModule, TargetSpec
-    from hywu_core.tokenizer import make_layout
-
     torch.manual_seed(seed)
     spec = TargetSpec(blocks=tuple(
         TargetBlock(prefix=f"blocks.{i}", modules=(TargetModule("qkv", 16, 48), TargetModule("proj", 16, 16)))
@@ -32,8 +34,6 @@ def generator_folder(pack, tmp_path):
 
 
 def test_load_generator_node_returns_the_saved_generator(pack, generator_folder):
-    from hywu_core.checkpoint import save_generator
-
     original = tiny_generator()
     (generator_folder / "sub").mkdir()
     save_generator(generator_folder / "sub" / "tiny.safetensors", original)
@@ -43,7 +43,7 @@ def test_load_generator_node_returns_the_saved_generator(pack, generator_folder)
     loaded = node.execute(generator="sub/tiny.safetensors").result[0]
     cond = torch.randn(2, 5, 12)
     with torch.no_grad():
-        expected, got = original.generate(cond), loaded.generate(cond)
+        expected, got = original(Condition.from_tensors(cond)), loaded(Condition.from_tensors(cond))
     for key in expected.A:
         assert torch.equal(expected.A[key], got.A[key]) and torch.equal(expected.B[key], got.B[key])
 
@@ -57,8 +57,6 @@ def test_load_generator_refuses_paths_outside_the_model_folder(pack, generator_f
 
 
 def test_server_lists_generators_and_official_folders(client, comfy_server):
-    from hywu_core.checkpoint import save_generator
-
     folder = comfy_server.models_dir / "hywu"
     save_generator(folder / "listed.safetensors", tiny_generator())
     official = folder / "HY-WU-release"

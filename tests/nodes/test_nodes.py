@@ -2,6 +2,9 @@
 import pytest
 import torch
 
+from hywu_core.tiny_editor.backbone import load_demo_checkpoint
+from hywu_core.tiny_editor.family import build_family_files
+
 FAMILY = "hywu_demo"
 
 
@@ -9,8 +12,6 @@ FAMILY = "hywu_demo"
 def models(pack, tmp_path_factory):
     """A family in temporary model folders that ComfyUI's folder_paths searches first."""
     import folder_paths
-
-    from hywu_core.demo.family import build_family_files
 
     root = tmp_path_factory.mktemp("models")
     files = build_family_files(root, name=FAMILY, lora_std=0.05)
@@ -73,8 +74,6 @@ def test_lora_model_and_saved_file_load_through_the_stock_loader(pack, models, o
     import comfy.utils
     from safetensors import safe_open
 
-    from hywu_core.demo.backbone import load_demo_checkpoint
-
     root, files = models
     lora = outputs[4].result[0]
     model, _, _ = load_demo_checkpoint(files.backbone)
@@ -113,8 +112,6 @@ def test_tool_nodes_keep_provenance(pack, outputs):
 
 
 def test_apply_merge_refuses_a_batch_of_different_loras(pack, models, outputs):
-    from hywu_core.demo.backbone import load_demo_checkpoint
-
     model, _, _ = load_demo_checkpoint(models[1].backbone)
     with pytest.raises(ValueError, match="holds 2 different LoRAs: use mode 'dynamic'"):
         pack.nodes.HYWUApplyLoRA.execute(model=model, lora=outputs[4].result[0], strength=1.0, mode="merge")
@@ -132,8 +129,6 @@ def applied_as(patched) -> str:
 
 
 def test_apply_auto_merges_one_shared_lora_and_goes_dynamic_otherwise(pack, models, outputs):
-    from hywu_core.demo.backbone import load_demo_checkpoint
-
     nodes = pack.nodes
     encoder, generator, images, _, generated = outputs
     different = generated.result[0]

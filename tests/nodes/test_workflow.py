@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hywu_core.comfy_client import PromptFailed
+from hywu_core.tools.comfy_client import PromptFailed
 
 FAMILY = "hywu_demo"
 INSTRUCTIONS = ["make the image brighter", "blur the image", "turn it grayscale", "add noise", "sharpen it"]
@@ -181,8 +181,8 @@ def test_each_row_of_a_cfg_batch_equals_its_solo_run(client, family, upload):
 
 
 def test_twenty_queued_prompts_equal_their_solo_runs_and_leave_the_base_weights(client, family, upload, comfy_lib):
-    from hywu_core.demo.backbone import load_demo_checkpoint
-    from hywu_core.fingerprint import weights_fingerprint
+    from hywu_core.comfyui.fingerprint import weights_fingerprint
+    from hywu_core.tiny_editor.backbone import load_demo_checkpoint
 
     def prompt(k: int, name: str) -> dict:
         mode = ("dynamic", "merge", "auto")[k % 3]  # the last prompt (k = 19) merges
@@ -213,10 +213,10 @@ def broken(family, comfy_server):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hywu_core.checkpoint import load_generator, save_generator
-    from hywu_core.demo.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
-    from hywu_core.demo.family import demo_generator
-    from hywu_core.encoders import build_tiny_siglip2
+    from hywu_core.generator_files import load_generator, save_generator
+    from hywu_core.tiny_editor.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
+    from hywu_core.tiny_editor.encoders import build_tiny_siglip2
+    from hywu_core.tiny_editor.family import demo_generator
 
     models = comfy_server.models_dir
     other, _, _ = assemble_demo_backbone(*build_demo_backbone(seed=1, config=DemoBackboneConfig(num_blocks=4)))

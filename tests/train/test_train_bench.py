@@ -1,17 +1,18 @@
-"""Gradient checkpointing (§3.7): same losses, less memory, measured by hywu_core.train.bench; and a
+"""Gradient checkpointing (§3.7): same losses, less memory, measured by hywu_core.bench.training; and a
 trainable condition encoder that is trained, saved with the checkpoint and resumed bit for bit."""
 import shutil
 
 import torch
 from safetensors.torch import load_file
 
-from .conftest import write_config
+from hywu_core.bench.training import benchmark
+from hywu_core.train import load_config
+from hywu_core.train.loop import Trainer
+
+from .helpers import write_config
 
 
 def test_checkpointing_keeps_the_losses_and_lowers_peak_memory(comfy_lib, tmp_path):
-    from hywu_core.train import load_config
-    from hywu_core.train.bench import benchmark
-
     config = load_config(write_config(tmp_path, data={"procedural": {"kind": "brighten_darken", "count": 8,
                                                                      "size": 32}}))
     results = {r.checkpointing: r for r in benchmark(config, steps=2, modes=("none", "generator", "both"))}
@@ -27,9 +28,6 @@ def test_checkpointing_keeps_the_losses_and_lowers_peak_memory(comfy_lib, tmp_pa
 
 
 def test_trainable_encoder_is_trained_saved_and_resumed(comfy_lib, tmp_path):
-    from hywu_core.train import load_config
-    from hywu_core.train.loop import Trainer
-
     settings = dict(encoder={"tiny": "siglip2", "trainable": True, "lr_scale": 0.5},
                     run={"checkpoint_every": 2}, train={"steps": 4, "batch_size": 2})
     whole = load_config(write_config(tmp_path / "whole", **settings))

@@ -29,7 +29,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import write_config
+from hywu_core.generator_files import load_generator
+from hywu_core.train import load_config, train
+from hywu_core.train.backbone import BackboneError, load_backbone
+from hywu_core.train.loop import Trainer
+from hywu_core.train.objective import evaluation_loss
+
+from .helpers import write_config
 
 REQUIRED_FALL = 1.15
 STEPS = 30
@@ -102,9 +108,6 @@ def model_files(comfy_lib, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(model_files):
     """30 steps through the separate files; the Trainer (its backbone, encoder, data) and the files' hashes."""
-    from hywu_core.train import load_config
-    from hywu_core.train.loop import Trainer
-
     hashes = {name: sha256(model_files / name) for name in FILES}
     config = load_config(write_config(model_files / "separate", backbone=SEPARATE, **SETTINGS))
     trainer = Trainer(config).build()
@@ -114,9 +117,6 @@ def trained(model_files):
 
 def test_comfy_backbone_is_detected_frozen_and_trained(trained, model_files):
     import comfy.model_sampling
-
-    from hywu_core.checkpoint import load_generator
-    from hywu_core.train.objective import evaluation_loss
 
     trainer, result, hashes = trained
     backbone = trainer.backbone
@@ -142,8 +142,6 @@ def test_comfy_backbone_is_detected_frozen_and_trained(trained, model_files):
 
 
 def test_checkpoint_loads_the_same_backbone(trained, model_files):
-    from hywu_core.train import load_config, train
-
     checkpoint = {"kind": "comfy", "demo": None, "checkpoint": "../sd15_ip2p.safetensors"}
     config = load_config(write_config(model_files / "checkpoint", backbone=checkpoint,
                                       **{**SETTINGS, "train": {**SETTINGS["train"], "steps": 2}}))
@@ -154,9 +152,6 @@ def test_checkpoint_loads_the_same_backbone(trained, model_files):
 
 
 def test_a_file_comfyui_does_not_read_as_a_vae_is_named(comfy_lib, model_files):
-    from hywu_core.train import load_config
-    from hywu_core.train.backbone import BackboneError, load_backbone
-
     config = load_config(write_config(model_files / "bad_vae", backbone={**SEPARATE, "vae": "../unet.safetensors"},
                                       **SETTINGS))
     with pytest.raises(BackboneError, match=r"backbone.vae = '../unet.safetensors': ComfyUI recognises no VAE"):
@@ -164,9 +159,6 @@ def test_a_file_comfyui_does_not_read_as_a_vae_is_named(comfy_lib, model_files):
 
 
 def test_a_checkpoint_without_a_vae_is_named(comfy_lib, model_files):
-    from hywu_core.train import load_config
-    from hywu_core.train.backbone import BackboneError, load_backbone
-
     full = load_file(str(model_files / "sd15_ip2p.safetensors"))
     save_file({k: v for k, v in full.items() if not k.startswith("first_stage_model.")},
               str(model_files / "no_vae.safetensors"))

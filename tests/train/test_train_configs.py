@@ -12,17 +12,17 @@ from types import SimpleNamespace
 
 import torch
 
+from hywu_core.tiny_editor.backbone import DemoBackboneConfig
 from hywu_core.train.config import load_config
+from hywu_core.train.loop import Trainer
 
-from .conftest import REPO
+from .helpers import REPO
 
 CONFIGS = REPO / "configs" / "train"
 
 
 def meta_generator(config, diffusion_model, cond_dim: int):
     """The generator Trainer.build would make for this config, backbone structure and condition width."""
-    from hywu_core.train.loop import Trainer
-
     trainer = SimpleNamespace(config=config, backbone=SimpleNamespace(diffusion_model=diffusion_model),
                               encoder=SimpleNamespace(width=cond_dim))
     return Trainer._build_generator(trainer)
@@ -34,8 +34,6 @@ def parameters(module) -> int:
 
 def test_demo_config(comfy_lib):
     from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
-
-    from hywu_core.demo.backbone import DemoBackboneConfig
 
     config = load_config(CONFIGS / "demo.toml")
     assert config.backbone.kind == "demo" and not config.backbone.checkpoint

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import read_losses, run_module, subprocess_env, write_config
+from .helpers import read_losses, run_module, subprocess_env, write_config
 
 STEPS = 24
 SETTINGS = dict(run={"checkpoint_every": 8},
@@ -33,7 +33,7 @@ def config_for(folder):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted 1-process run through the `hywu train` sub-command of hywu_core.cli."""
+    """An uninterrupted 1-process run through the `hywu train` sub-command of hywu_core.tools.cli."""
     folder = tmp_path_factory.mktemp("reference")
     result = run_module("hywu_core", "train", config_for(folder))
     assert result.returncode == 0, result.stderr[-3000:]

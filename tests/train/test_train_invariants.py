@@ -11,7 +11,10 @@
 import pytest
 import torch
 
-from .conftest import write_config
+from hywu_core.train import load_config
+from hywu_core.train.loop import Trainer
+
+from .helpers import write_config
 
 
 def backbone_parts(backbone) -> dict:
@@ -26,9 +29,6 @@ def snapshot(modules: dict) -> dict:
 
 @pytest.mark.parametrize("checkpointing", ["none", "both"])
 def test_backbone_gets_no_gradient_and_stays_bitwise_unchanged(comfy_lib, tmp_path, checkpointing):
-    from hywu_core.train import load_config
-    from hywu_core.train.loop import Trainer
-
     config = load_config(write_config(tmp_path, train={"steps": 4, "checkpointing": checkpointing},
                                       validation={"count": 1, "steps": 2}))
     trainer = Trainer(config).build()
@@ -47,9 +47,6 @@ def test_backbone_gets_no_gradient_and_stays_bitwise_unchanged(comfy_lib, tmp_pa
 
 
 def test_gradient_accumulation_matches_one_big_batch(comfy_lib, tmp_path):
-    from hywu_core.train import load_config
-    from hywu_core.train.loop import Trainer
-
     runs = {}
     for accum in (1, 2):
         config = load_config(write_config(tmp_path / f"accum{accum}",

@@ -11,15 +11,23 @@ import csv
 import pytest
 import torch
 
-from .conftest import write_config
+from hywu_core.condition import encode_condition
+from hywu_core.encoders import load_condition_encoder
+from hywu_core.generated_lora import generate_lora
+from hywu_core.generator_files import load_generator
+from hywu_core.tiny_editor.backbone import load_demo_checkpoint, sample
+from hywu_core.train import load_config, train
+from hywu_core.train.backbone import load_backbone
+from hywu_core.train.data import EditDataset, load_image, read_manifest
+from hywu_core.train.objective import evaluation_loss
+
+from .helpers import write_config
 
 REQUIRED_FALL = 1.3
 
 
 @pytest.fixture(scope="module")
 def trained(comfy_lib, tmp_path_factory):
-    from hywu_core.train import load_config, train
-
     folder = tmp_path_factory.mktemp("train_loop")
     config = load_config(write_config(folder, validation={"count": 2, "steps": 4, "every": 30}))
     result = train(config)
@@ -27,12 +35,6 @@ def trained(comfy_lib, tmp_path_factory):
 
 
 def test_loss_falls_and_outputs_are_written(trained):
-    from hywu_core.checkpoint import load_generator
-    from hywu_core.encoders import load_condition_encoder
-    from hywu_core.train.backbone import load_backbone
-    from hywu_core.train.data import EditDataset, read_manifest
-    from hywu_core.train.objective import evaluation_loss
-
     config, result = trained
     run = result.output
     assert [step for step, _ in result.losses] == list(range(1, 61))
@@ -60,12 +62,6 @@ def test_loss_falls_and_outputs_are_written(trained):
 def test_checkpoint_loads_in_the_node_and_changes_the_sampled_edit(trained, pack):
     import comfy.sd
     import folder_paths
-
-    from hywu_core.condition import encode_condition
-    from hywu_core.demo.backbone import load_demo_checkpoint, sample
-    from hywu_core.encoders import load_condition_encoder
-    from hywu_core.generation import generate_lora
-    from hywu_core.train.data import load_image, read_manifest
 
     config, result = trained
     run = result.output

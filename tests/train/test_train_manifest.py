@@ -7,7 +7,7 @@ from hywu_core.train.config import ConfigError, load_config
 from hywu_core.train.data import ManifestError, read_manifest
 from hywu_core.train.synthetic import write_procedural_dataset
 
-from .conftest import run_module, write_config
+from .helpers import run_module, write_config
 
 
 @pytest.fixture

@@ -10,14 +10,15 @@ import math
 import pytest
 import torch
 
-from .conftest import write_config
+from hywu_core.train import load_config
+from hywu_core.train.loop import Trainer, WarmupCosine
+
+from .helpers import write_config
 
 LR, WARMUP, STEPS, MIN_RATIO, GRAD_CLIP = 1e-2, 2, 6, 0.2, 1e-3
 
 
 def test_warmup_cosine_values():
-    from hywu_core.train.loop import WarmupCosine
-
     schedule = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
     assert schedule(0) == 0.25                                      # linear warmup: (step + 1) / warmup
     assert schedule(1) == 0.5
@@ -40,9 +41,6 @@ def total_norm(parameters) -> float:
 def observed_run(comfy_lib, tmp_path_factory):
     """Train the short run; record per step the norm before and after clip_gradients (and what it
     returned), and the gradient norm and lr the optimizer's step applied."""
-    from hywu_core.train import load_config
-    from hywu_core.train.loop import Trainer
-
     folder = tmp_path_factory.mktemp("train_schedule")
     config = load_config(write_config(
         folder, train={"steps": STEPS, "batch_size": 4, "lr": LR, "warmup_steps": WARMUP,
