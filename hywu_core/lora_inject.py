@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from hywu_core.kernels import per_row_lora
+from hywu_core.kernels import per_row_lora, per_row_lora_add_
 from hywu_core.lora import LoRABundle
 
 Rows = Tensor | Callable[[int], Tensor]
@@ -98,7 +98,9 @@ class PerRowLoRA:
                 x = args[0]
                 index = on_device(rows(x.shape[0]) if callable(rows) else rows, x.device)
                 a, b = self.factors(path, expert, x.device, x.dtype)
-                return output + per_row_lora(x, a, b, index, self.scale).to(output.dtype)
+                if torch.is_grad_enabled() and any(t.requires_grad for t in (output, x, a, b)):
+                    return output + per_row_lora(x, a, b, index, self.scale).to(output.dtype)   # training
+                return per_row_lora_add_(output, x, a, b, index, self.scale)   # sampling: into the output
             return hook
 
         try:

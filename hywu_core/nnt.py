@@ -104,9 +104,15 @@ def rope_angles(positions: Tensor, axes_dims: list[int], theta: float) -> Tensor
     return torch.cat(parts, dim=-1)
 
 
-def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate channel pairs (x[2j], x[2j+1]) of x (..., T, head_dim) by angles (T, head_dim / 2)."""
-    cos, sin = angles.cos(), angles.sin()
+def rotation(angles: Tensor) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of RoPE angles: taken once per forward and shared by every block's q and k."""
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, angles: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate channel pairs (x[2j], x[2j+1]) of x (..., T, head_dim) by angles (T, head_dim / 2),
+    given as angles or as their rotation(angles)."""
+    cos, sin = angles if isinstance(angles, tuple) else rotation(angles)
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2).type_as(x)
 
@@ -142,8 +148,8 @@ class Attention(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "... t (h c) -> ... h t c", h=self.heads)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, q_angles: Tensor | None = None,
-                k_angles: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, q_angles: Tensor | tuple | None = None,
+                k_angles: Tensor | tuple | None = None, mask: Tensor | None = None) -> Tensor:
         context = x if context is None else context
         q, k, v = self.split_heads(self.to_q(x)), self.split_heads(self.to_k(context)), self.split_heads(self.to_v(context))
         if q_angles is not None:
@@ -288,7 +294,8 @@ class NNT(nn.Module):
         n = cond.shape[0]
         u = self.cond_norm(self.cond_in(cond.to(self.cond_in.weight.dtype)))
         x = self.initial_latent().expand(n, -1, -1, -1)
-        rope = self.position_angles(cond.shape[1], cond.device)
+        angles = self.position_angles(cond.shape[1], cond.device)
+        rope = {k: None if v is None else rotation(v) for k, v in angles.items()}
         masks = self.attention_masks(cond_mask)
         for block in self.blocks:
             x = block(x, u, rope, masks)

@@ -1,4 +1,6 @@
 """The pack's ComfyUI nodes (V3 schema). Thin: parse inputs, call hywu_core, return outputs."""
+from hywu_core.tools.example_inputs import install_example_inputs
+
 from . import model_folders
 from .apply_lora import HYWUApplyLoRA
 from .demo_checkpoint_loader import HYWUDemoCheckpointLoader
@@ -11,6 +13,7 @@ from .lora_tools import HYWUAverageLoRA, HYWUBlendLoRA, HYWUBoundLoRA, HYWUShuff
 from .model_fingerprint import HYWUModelFingerprint
 
 model_folders.register()
+install_example_inputs()     # the images the example workflows load, so that any template can run
 
 NODES = [
     HYWULoadConditionEncoder, HYWUEncodeCondition, HYWULoadGenerator, HYWUGenerateLoRA, HYWUApplyLoRA,

@@ -1,5 +1,5 @@
 """HYWUApplyLoRA: inject generated LoRAs into a MODEL through ComfyUI's ModelPatcher (paper §3.2)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.comfyui.lora_patch import MODES, apply
 

@@ -4,7 +4,7 @@ The stock CheckpointLoaderSimple cannot load this family: ComfyUI's model detect
 MMDiT for SD3 with 16 latent channels (see hywu_core/tiny_editor/backbone.py).
 """
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.tiny_editor.backbone import load_demo_checkpoint
 

@@ -1,5 +1,5 @@
 """HYWUEncodeCondition: source images + instruction (+ reference images) -> HYWU_CONDITION (§3.3)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.condition import encode_condition
 

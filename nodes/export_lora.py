@@ -2,7 +2,7 @@
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.lora_files import check_filename_prefix, comfy_state_dict, save_comfy_lora
 

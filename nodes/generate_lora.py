@@ -1,5 +1,5 @@
 """HYWUGenerateLoRA: generator + condition -> one LoRA per batch item (paper §3.3-3.5)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.generated_lora import GenerationCache, generate_lora
 from hywu_core.lora_tools import update_norms

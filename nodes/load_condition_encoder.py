@@ -1,5 +1,5 @@
 """HYWULoadConditionEncoder: a transformers dual encoder folder from models/hywu_encoders (§3.3)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.encoders import load_condition_encoder
 

@@ -1,5 +1,5 @@
 """HYWULoadGenerator: a generator file from models/hywu (ours, or the official release folder)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core.generator_files import load_generator
 

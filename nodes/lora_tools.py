@@ -1,5 +1,5 @@
 """LoRA tools (paper §5.3 diagnostics, §7.6 safety control): average, shuffle, blend, bound."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from hywu_core import lora_tools
 

@@ -1,5 +1,8 @@
 """ComfyUI model folders the pack reads: models/hywu (generators) and models/hywu_encoders (folders).
 
+The pack's own demo_models/ (the shipped demo family) is added after them to hywu, hywu_encoders and
+checkpoints, so the example workflows run on a fresh ComfyUI; a user's files of the same name win.
+
 folder_paths facts (ComfyUI 0.3.75): extra_model_paths.yaml is applied before custom nodes
 load, and add_model_folder_path() creates a missing entry with an empty extension set, which
 get_filename_list() treats as "every file"; so we set the extensions ourselves. The default
@@ -16,11 +19,15 @@ from hywu_core.checks import walk_once
 
 GENERATORS = "hywu"
 ENCODERS = "hywu_encoders"
+DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
 
 
 def register() -> None:
     for name in (GENERATORS, ENCODERS):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+    for name in (GENERATORS, ENCODERS, "checkpoints"):
+        if (DEMO_MODELS / name).is_dir():
+            folder_paths.add_model_folder_path(name, str(DEMO_MODELS / name))
     paths, _ = folder_paths.folder_names_and_paths[GENERATORS]
     folder_paths.folder_names_and_paths[GENERATORS] = (paths, {".safetensors"})
 

@@ -1,6 +1,6 @@
 """The pack's socket types (docs/design.md, "Data flow"), and ComfyUI's LORA_MODEL (a LoRA state dict in
 comfy.lora's key format, what the stock "Load LoRA Model" / "Save LoRA Weights" nodes take)."""
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 HYWUEncoder = io.Custom("HYWU_ENCODER")
 HYWUCondition = io.Custom("HYWU_CONDITION")

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,15 @@ def test_setup_on_a_set_up_machine_changes_nothing(hywu, comfyui_dir):
     result = hywu("setup")
     assert result.returncode == 0, result.stderr
     assert "environment ready" in result.stderr
-    for work in ("creating environment", "provisioning ComfyUI", "pip install", "re-pointing"):
+    for work in ("creating environment", "provisioning ComfyUI", "pip install", "re-pointing", "removing"):
         assert work not in result.stderr, result.stderr
     assert sorted(p.name for p in (devenv.hywu_home() / "envs").iterdir()) == before
-    assert (comfyui_dir / "custom_nodes" / devenv.PACK_LINK_NAME).resolve() == REPO
+    if os.environ.get("COMFYUI_PATH"):
+        assert (comfyui_dir / "custom_nodes" / devenv.PACK_LINK_NAME).resolve() == REPO
+    else:
+        assert (devenv.checkout_home() / "custom_nodes" / devenv.PACK_LINK_NAME).resolve() == REPO
+        assert not os.path.lexists(comfyui_dir / "custom_nodes" / devenv.PACK_LINK_NAME), \
+            "the shared ComfyUI tree must not hold any checkout's pack"
 
 
 def test_env_key_follows_every_requirement_line():
@@ -170,3 +176,120 @@ def test_layer_contract_catches_an_upward_import(tmp_path, module, upward):
     result = lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout
     assert "BROKEN" in result.stdout and upward in result.stdout, result.stdout
+
+
+# ---- two checkouts sharing one HYWU_HOME each load their own pack -----------------------------------
+
+def copy_checkout(target: Path) -> Path:
+    """A second checkout of the pack (what ComfyUI imports and ./hywu needs), its fingerprint node renamed."""
+    target.mkdir()
+    for name in ("hywu", "__init__.py", "pyproject.toml", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy2(REPO / name, target / name)
+    for name in ("nodes", "hywu_core", "js"):
+        shutil.copytree(REPO / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "inputs"))
+    node = target / "nodes" / "model_fingerprint.py"
+    node.write_text(node.read_text().replace('display_name="HYWU Model Fingerprint"',
+                                             'display_name="HYWU Model Fingerprint (other checkout)"'))
+    return target
+
+
+def imported_pack_paths(log: str) -> list[str]:
+    """The ComfyUI-HY-WU folders a server's import-times table lists."""
+    return re.findall(r"^\s*[\d.]+ seconds(?: \(IMPORT FAILED\))?: (.*/ComfyUI-HY-WU)$", log, flags=re.M)
+
+
+def test_two_checkouts_sharing_hywu_home_each_start_servers_with_their_own_pack(comfyui_dir, tmp_path):
+    """The other checkout's setup runs (./hywu serve) while this checkout's tools start a server without
+    running setup again, as a test session does: each server imports its own checkout, and the shared
+    ComfyUI tree holds no pack link. Before, setup re-pointed the tree's one link, so this checkout's
+    server imported the other checkout's code."""
+    import json
+    import signal
+    import urllib.request
+
+    from hywu_core.tools.comfy_server import ComfyServer, free_port
+
+    if os.environ.get("COMFYUI_PATH"):
+        pytest.skip("COMFYUI_PATH: a user's own ComfyUI keeps the one link setup puts into its custom_nodes")
+    other = copy_checkout(tmp_path / "other-checkout")
+    port, log_path = free_port(), tmp_path / "other.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(other / "hywu"), "serve", "--port", str(port)], stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    checkouts = devenv.hywu_home() / "checkouts"
+    try:
+        deadline, info = time.monotonic() + 180, None
+        while info is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/object_info/HYWUModelFingerprint",
+                                            timeout=2) as response:
+                    info = json.load(response)
+            except OSError:
+                time.sleep(0.5)
+        assert info is not None, log_path.read_text()
+        with ComfyServer(comfyui_dir, workdir=tmp_path / "this", log_path=tmp_path / "this.log") as server:
+            with urllib.request.urlopen(f"{server.url}/object_info/HYWUModelFingerprint", timeout=10) as response:
+                this_info = json.load(response)
+            this_log = server.log_text()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+        other_links = [p for p in checkouts.glob("other-checkout-*/custom_nodes/ComfyUI-HY-WU") if p.resolve() == other]
+        for link in other_links:  # the other checkout's folder under the shared HYWU_HOME
+            shutil.rmtree(link.parent.parent)
+    other_log = log_path.read_text()
+    assert info["HYWUModelFingerprint"]["display_name"] == "HYWU Model Fingerprint (other checkout)"
+    assert this_info["HYWUModelFingerprint"]["display_name"] == "HYWU Model Fingerprint"
+    assert len(other_links) == 1, list(checkouts.iterdir())
+    assert imported_pack_paths(other_log) == [str(other_links[0])], other_log
+    assert imported_pack_paths(this_log) == [str(devenv.checkout_home() / "custom_nodes" / "ComfyUI-HY-WU")], this_log
+    assert not os.path.lexists(comfyui_dir / "custom_nodes" / devenv.PACK_LINK_NAME)
+
+
+# ---- registry metadata: comfy-cli's `comfy node validate` ------------------------------------------
+
+def comfy_node_validate(folder: Path, home: Path) -> subprocess.CompletedProcess:
+    """`comfy node validate` (comfy-cli, pinned in requirements-dev.txt) on folder/pyproject.toml: what the
+    registry runs before publishing. Non-interactive and offline: --skip-prompt, no terminal on stdin, and
+    DO_NOT_TRACK / COMFY_NO_TELEMETRY (comfy-cli 1.23.0 tracking.py: either one turns off the consent prompt
+    and every event); HOME is a scratch folder, so comfy-cli's config.ini lands there, not in the user's."""
+    comfy = Path(sys.executable).parent / "comfy"
+    assert comfy.is_file(), f"comfy-cli is not installed in {Path(sys.executable).parent} (requirements-dev.txt)"
+    env = {**os.environ, "HOME": str(home), "DO_NOT_TRACK": "1", "COMFY_NO_TELEMETRY": "1"}
+    return subprocess.run([str(comfy), "--skip-prompt", "node", "validate"], cwd=folder, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+
+
+def validation_problems(result: subprocess.CompletedProcess) -> list[str]:
+    """comfy-cli's warnings and errors (on stdout or, through rich, stderr): a warning (a bad classifier, version
+    range or license, or ruff's security findings) keeps exit code 0 but would drop that field from what is
+    published or soon fail publishing, so it counts as a failure here too."""
+    return [line for line in (result.stdout + result.stderr).splitlines()
+            if re.search(r"\b(warnings?|errors?)\b", line, flags=re.I)]
+
+
+def test_registry_metadata_passes_comfy_node_validate(tmp_path):
+    result = comfy_node_validate(REPO, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All validation checks passed successfully" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert not validation_problems(result), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda text: re.sub(r'(?m)^version = .*\n', "", text, count=1), "project version is empty"),
+    (lambda text: text.replace('"Operating System :: OS Independent"', '"Operating System :: Amiga"'),
+     "Invalid Operating System classifier"),
+    (lambda text: text.replace('requires-comfyui = ">=0.3.75"', 'requires-comfyui = "newest"'),
+     "Invalid requires-comfyui format"),
+    (lambda text: text.replace('license = { file = "LICENSE" }', 'license = { name = "LICENSE" }'),
+     "License should be in one of these two formats"),
+], ids=["no version", "bad OS classifier", "bad ComfyUI range", "bad license"])
+def test_comfy_node_validate_catches_broken_metadata(tmp_path, change, expected):
+    broken = change((REPO / "pyproject.toml").read_text())
+    assert broken != (REPO / "pyproject.toml").read_text(), "the change must apply to the real pyproject.toml"
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / "pyproject.toml").write_text(broken)
+    result = comfy_node_validate(tmp_path / "pack", tmp_path)
+    assert result.returncode != 0 or validation_problems(result), result.stdout + result.stderr
+    assert expected in result.stdout + result.stderr

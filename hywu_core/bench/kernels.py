@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hywu_core.bench.timing import interleaved
 from hywu_core.kernels import triton_available
 from hywu_core.kernels.reference import per_row_lora_reference
 from hywu_core.kernels.triton_lora import per_row_lora_triton
@@ -144,29 +145,38 @@ def time_cuda(calls: dict, repeats: int, warmup: int = 3, flush_bytes: int = 256
 
 
 def run_kernel_benchmarks(shapes: tuple[KernelShape, ...] = DEFAULT_SHAPES, dtype: torch.dtype = torch.bfloat16,
-                          repeats: int = 20) -> list[dict]:
-    """Timings of every variant for every shape on the current CUDA device: records() keys plus
-    case (the shape's name) and max_rel_error (variant_errors, checked before timing). Without
-    CUDA: a single record {"name": "kernels", "skipped": NEEDS_CUDA}, no numbers. Where triton does
-    not import, the Triton variants are left out and each record says so."""
-    if not torch.cuda.is_available():
-        return [{"name": "kernels", "skipped": NEEDS_CUDA}]
-    device = torch.device("cuda", torch.cuda.current_device())
-    peak = peak_bandwidth_gbs(torch.cuda.get_device_properties(device))
-    with_triton = triton_available()
+                          repeats: int = 20, device: str | None = None) -> list[dict]:
+    """Timings of every variant for every shape: records() keys plus case (the shape's name) and
+    max_rel_error (variant_errors, checked before timing). On CUDA (the default where there is one):
+    CUDA events, Triton included where it imports (each record says when it is not). device="cpu"
+    is the dry run of `./hywu bench --gpu --dry-run`: the torch variants timed by the wall clock, no
+    peak bandwidth. Without CUDA and no device given: a single record {"name": "kernels", "skipped":
+    NEEDS_CUDA}, no numbers."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return [{"name": "kernels", "skipped": NEEDS_CUDA}]
+        device = f"cuda:{torch.cuda.current_device()}"
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    peak = peak_bandwidth_gbs(torch.cuda.get_device_properties(device)) if on_cuda else None
+    with_triton = on_cuda and triton_available()
     results = []
     with torch.no_grad():
         for shape in shapes:
             inputs = make_inputs(shape, dtype, device)
             errors = variant_errors(inputs, with_triton)
-            for row in records(shape, dtype, time_cuda(variant_calls(inputs, with_triton), repeats), peak):
+            calls = variant_calls(inputs, with_triton)
+            ms = time_cuda(calls, repeats) if on_cuda else {k: v * 1000 for k, v in interleaved(calls, repeats).items()}
+            for row in records(shape, dtype, ms, peak):
                 row["case"] = shape.name
                 row["max_rel_error"] = errors[row["name"]]
                 if not with_triton:
-                    row["note"] = "triton is not installed: Triton variants not timed"
+                    row["note"] = ("triton is not installed: Triton variants not timed" if on_cuda
+                                   else "dry run on the CPU: Triton variants need CUDA")
                 results.append(row)
             del inputs
-            torch.cuda.empty_cache()
+            if on_cuda:
+                torch.cuda.empty_cache()
     return results
 
 

@@ -18,12 +18,18 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(variants: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each variant, run in turn (a, b, a, b, ...) `repeats` times after one warm-up each."""
-    for fn in variants.values():
+def interleaved(variants: dict, repeats: int, setup: dict | None = None) -> dict[str, float]:
+    """Median seconds of each variant, run in turn (a, b, a, b, ...) `repeats` times after one warm-up each.
+
+    setup[name], where given, runs untimed before every call of that variant (e.g. loading its model,
+    so that what the previous variant left loaded does not count against it)."""
+    setup = setup or {}
+    for name, fn in variants.items():
+        setup.get(name, lambda: None)()
         fn()
     times = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            setup.get(name, lambda: None)()
             times[name].append(timed(fn))
     return {name: statistics.median(values) for name, values in times.items()}

@@ -2,5 +2,5 @@
 
     library     `comfy` imported as a library, its device fixed before the first import
     lora_patch  generated LoRAs on a ModelPatcher: merge (weight patches) or dynamic (per row) (§3.2)
-    fingerprint a hash of a backbone's weights, to show that no LoRA leaked
+    fingerprint a hash of a MODEL's weights as a consumer loads them, to show that no LoRA leaked
 """

@@ -6,19 +6,21 @@
     apply_dynamic  LoRA i for latent row i (or one LoRA for every row), added in the forward pass
 
 Both return a clone and never change the input patcher, so other branches of a graph keep the
-base model. This is the module of hywu_core that imports comfy (inside the functions).
+base model: whatever ran before, a consumer of the input MODEL samples its base weights. This is
+the module of hywu_core that imports comfy (inside the functions).
 
 ComfyUI 0.3.75 facts this relies on:
 - comfy.sd.load_lora_for_models builds its patches with comfy.lora.load_lora over the key map of
   comfy.lora.model_lora_keys_unet and adds them with ModelPatcher.add_patches; apply_merge does
-  exactly that, so it matches LoraLoaderModelOnly on the exported file bit for bit.
-- ComfyUI leaves the last sampled patcher loaded with its weight patches merged into the shared
-  nn.Module; the base weights come back only when another clone is loaded. apply_merge therefore
-  adds an ON_CLEANUP callback (run in CFGGuider.outer_sample's finally after every sampling run)
-  that unloads the patcher through comfy.model_management as free_memory does: LoadedModel.
-  model_unload() (ModelPatcher.detach -> unpatch_model restores the backed-up weights, then moves
-  the model to its offload device) and removal from current_loaded_models. On a GPU the next run
-  loads the weights again.
+  exactly that, so it matches LoraLoaderModelOnly on the exported file bit for bit. load_lora
+  tries every weight adapter class on every key map entry (the whole model's, ~4000 string
+  lookups on the demo backbone); apply_merge passes only the entries its LoRA names.
+- Loading is left to ComfyUI, as for a stock LoRA: the last sampled patcher stays loaded with its
+  patches merged into the shared nn.Module, and the next consumer gets its own weights when
+  comfy.model_management loads it (clones share one weight backup; ModelPatcher.partially_load
+  restores the backed-up base weights when the module holds another clone's patches_uuid, then
+  patches its own). So the shared module may hold a merged LoRA between prompts: read weights
+  through the loader (fingerprint.model_fingerprint), never from the module directly.
 - calc_cond_batch stacks cond and uncond chunks in one model call; every chunk holds the whole
   latent batch (areas crop H/W only), and transformer_options["cond_or_uncond"] has one entry per
   chunk. So model-input row j is latent row j % (rows / chunks), whatever the chunking.
@@ -46,23 +48,21 @@ def verify_model(model, bundle: LoRABundle) -> None:
 
 
 def apply_merge(model, bundle: LoRABundle, item: int = 0, strength: float = 1.0):
-    """A clone of `model` with LoRA `item` merged as weight patches; base weights restored after each run."""
+    """A clone of `model` with LoRA `item` as weight patches, loaded and unloaded by ComfyUI like a stock LoRA."""
     import comfy.lora
-    import comfy.patcher_extension
 
     verify_model(model, bundle)
     state_dict = bundle.to_comfy_state_dict(item, prefix=DIFFUSION_PREFIX)
-    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    stems = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in state_dict}
+    # load_lora tries every weight adapter on every key map entry: only ours can match, so only ours go in
+    key_map = {k: v for k, v in comfy.lora.model_lora_keys_unet(model.model, {}).items() if k in stems}
     patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
-    unmatched = sorted({k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in state_dict} -
-                       {key for key in _loaded_lora_names(patches)})
+    unmatched = sorted(stems - _loaded_lora_names(patches))
     if unmatched:
         raise ValueError(f"ComfyUI's LoRA key map has no weight for {unmatched[:3]}: this model type does not "
                          "accept LoRA on those modules; use mode 'dynamic'")
     clone = model.clone()
     clone.add_patches(patches, strength)
-    clone.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, f"hywu_merge_{uuid.uuid4().hex}",
-                                unload_after_sampling)
     return clone
 
 
@@ -73,17 +73,6 @@ def _loaded_lora_names(patches: dict) -> set[str]:
         for key in getattr(adapter, "loaded_keys", ()):
             names.add(key.rsplit(".lora_", 1)[0].removesuffix(".alpha"))
     return names
-
-
-def unload_after_sampling(patcher) -> None:
-    """ON_CLEANUP: unload `patcher` the way comfy.model_management.free_memory does, restoring the base weights."""
-    import comfy.model_management as mm
-
-    for index, loaded in enumerate(mm.current_loaded_models):
-        if loaded.model is patcher:
-            if loaded.model_unload():
-                mm.current_loaded_models.pop(index)
-            return
 
 
 def latent_rows(batch_rows: int, chunks: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:

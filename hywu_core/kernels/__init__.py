@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from hywu_core.kernels.reference import per_row_lora_reference
+from hywu_core.kernels.reference import per_row_lora_reference, per_row_lora_reference_add_
 
 TRITON_MAX_RANK = 128
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -101,8 +101,10 @@ def per_row_lora(x: Tensor, A: Tensor, B: Tensor, rows: Tensor, scale: float) ->
 def per_row_lora_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, rows: Tensor, scale: float) -> Tensor:
     """out (R, ..., d_out) += per_row_lora(x, A, B, rows, scale), in place; returns out.
 
-    On the Triton path the add is fused into the expand kernel (one read and one write of out instead
-    of writing a delta and reading it back), when out has x's dtype and views as (R, T, d_out)."""
+    The add is fused where it can be (one read and one write of out instead of writing a delta and
+    reading it back), when out views as (R, T, d_out) and needs no gradient: on the Triton path into
+    the expand kernel when out has x's dtype; on the torch path into the second product when out is
+    in the accumulation dtype (fp32 / fp64), e.g. a float32 Linear's output on the CPU."""
     rows = validate(x, A, B, rows)
     expected = (*x.shape[:-1], B.shape[1])
     if tuple(out.shape) != expected:
@@ -111,10 +113,14 @@ def per_row_lora_add_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, rows: Tensor
     if out.device != x.device:
         raise KernelInputError(f"out is on {out.device} but x on {x.device}: keep them on one device")
     out_needs_grad = torch.is_grad_enabled() and out.requires_grad
-    if backend_for(x, A, B) == "triton" and not out_needs_grad and out.dtype == x.dtype and _views_as_3d(out):
+    backend = backend_for(x, A, B)
+    if backend == "triton" and not out_needs_grad and out.dtype == x.dtype and _views_as_3d(out):
         from hywu_core.kernels.triton_lora import per_row_lora_triton
 
         return per_row_lora_triton(x, A, B, rows, scale, out=out)
+    no_graph = not torch.is_grad_enabled() or not any(t.requires_grad for t in (out, x, A, B))
+    if backend == "torch" and no_graph and out.dtype == torch.promote_types(x.dtype, torch.float32) and _views_as_3d(out):
+        return per_row_lora_reference_add_(out, x, A, B, rows, scale)
     return out.add_(per_row_lora_reference(x, A, B, rows, scale))
 
 

