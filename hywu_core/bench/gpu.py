@@ -32,7 +32,7 @@ import torch
 
 from hywu_core.bench import real_width
 from hywu_core.bench.kernels import DEFAULT_SHAPES, KernelShape, run_kernel_benchmarks
-from hywu_core.bench.timing import interleaved, timed
+from hywu_core.bench.timing import interleaved
 from hywu_core.condition import Condition
 from hywu_core.generator import Generator
 from hywu_core.nnt import NNTConfig
@@ -111,15 +111,14 @@ def bench_generator(config: dict, cond_len: int, repeats: int, device, dtype: to
         torch.cuda.reset_peak_memory_stats(device)
     with torch.no_grad():
         seconds = interleaved({"generate": lambda: generator(condition)}, repeats)["generate"]
-    bundle = generator(condition) if not on_cuda else None
+        bundle = generator(condition)
     result = {"layers": nnt.l, "tokens_per_layer": nnt.s, "rank": nnt.r, "token_dim": nnt.d,
               "latent_positions": nnt.l * nnt.S, "width": nnt.config.width, "depth": nnt.config.depth,
               "condition_tokens": cond_len, "dtype": str(dtype).removeprefix("torch."),
               "parameters": sum(p.numel() for p in generator.parameters()), "seconds_per_lora": seconds}
+    result["lora_finite"] = all(bool(torch.isfinite(t).all()) for t in (*bundle.A.values(), *bundle.B.values()))
     if on_cuda:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    else:
-        result["lora_finite"] = all(bool(torch.isfinite(t).all()) for t in (*bundle.A.values(), *bundle.B.values()))
     return result
 
 

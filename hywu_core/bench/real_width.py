@@ -67,13 +67,12 @@ def linear_variants(case: LinearCase, dtype: torch.dtype, device, seed: int = 0)
             "per_row_add_": lambda: per_row_lora_add_(F.linear(x, weight, bias), x, A, B, rows, 1.0)}
 
 
-def bench_linear(cases=LINEAR_CASES, repeats: int = 5, dtype: torch.dtype = torch.float32, device="cpu",
-                 timer=interleaved) -> list[dict]:
+def bench_linear(cases=LINEAR_CASES, repeats: int = 5, dtype: torch.dtype = torch.float32, device="cpu") -> list[dict]:
     """Per case: median ms of each variant, each over `none`, and the FLOP limit beside them."""
     results = []
     with torch.no_grad():
         for case in cases:
-            seconds = timer(linear_variants(case, dtype, device), repeats)
+            seconds = interleaved(linear_variants(case, dtype, device), repeats)
             results.append(asdict(case) | {
                 "dtype": str(dtype).removeprefix("torch."),
                 "ms": {k: v * 1000 for k, v in seconds.items()},
@@ -136,12 +135,27 @@ def build_stack(case: StackCase, dtype: torch.dtype = torch.float32):
     return assemble_demo_backbone(state_dict, config, dtype=dtype)
 
 
-def bench_stack(case: StackCase = STACK_CASE, repeats: int = 3, dtype: torch.dtype = torch.float32,
-                timer=interleaved) -> dict:
-    """Per sampling step and fixed per run: base, merge (LoRA 0 for every row) and dynamic (LoRA i
-    for row i), through comfy.sample like the stock KSampler."""
+def per_step_costs(models: dict, run, low: int, high: int, repeats: int) -> dict:
+    """Per sampling step and fixed per run of each model (base, merge, dynamic): run(model, steps)
+    timed at `low` and `high` steps, interleaved, each call with its model already loaded (ComfyUI
+    merges a clone's patches when it loads it; that is timed in bench.end_to_end), per step =
+    (t_high - t_low) / (high - low); fixed = t_low - low * per step (text encoding, VAE)."""
     import comfy.model_management as mm
 
+    names = [(name, steps) for name in models for steps in (low, high)]
+    calls = {f"{name}@{steps}": (lambda m=models[name], steps=steps: run(m, steps)) for name, steps in names}
+    loads = {f"{name}@{steps}": (lambda m=models[name]: mm.load_models_gpu([m])) for name, steps in names}
+    seconds = interleaved(calls, repeats, setup=loads)
+    per_step = {name: (seconds[f"{name}@{high}"] - seconds[f"{name}@{low}"]) / (high - low) for name in models}
+    return {"ms_per_step": {k: v * 1000 for k, v in per_step.items()},
+            "ms_fixed_per_run": {k: (seconds[f"{k}@{low}"] - low * v) * 1000 for k, v in per_step.items()},
+            "merge_over_base": per_step["merge"] / per_step["base"],
+            "dynamic_over_base": per_step["dynamic"] / per_step["base"]}
+
+
+def bench_stack(case: StackCase = STACK_CASE, repeats: int = 3, dtype: torch.dtype = torch.float32) -> dict:
+    """Per sampling step and fixed per run: base, merge (LoRA 0 for every row) and dynamic (LoRA i
+    for row i), through comfy.sample like the stock KSampler."""
     from hywu_core.comfyui.lora_patch import apply_dynamic, apply_merge
     from hywu_core.tiny_editor.backbone import sample
 
@@ -150,22 +164,12 @@ def bench_stack(case: StackCase = STACK_CASE, repeats: int = 3, dtype: torch.dty
     bundle = random_bundle(spec, case.batch, case.rank)
     models = {"base": model, "merge": apply_merge(model, bundle.item(0)), "dynamic": apply_dynamic(model, bundle)}
     images = torch.rand(case.batch, case.size, case.size, 3, generator=torch.Generator().manual_seed(0))
-    calls = {f"{name}@{steps}": (lambda m=m, steps=steps: sample(m, clip, vae, images, "edit", seed=0, steps=steps,
-                                                                     cfg=case.cfg))
-             for name, m in models.items() for steps in (1, case.steps)}
-    loads = {f"{name}@{steps}": (lambda m=m: mm.load_models_gpu([m])) for name, m in models.items()
-             for steps in (1, case.steps)}
-    seconds = timer(calls, repeats, setup=loads)
-    per_step = {name: (seconds[f"{name}@{case.steps}"] - seconds[f"{name}@1"]) / (case.steps - 1) for name in models}
-    fixed = {name: seconds[f"{name}@1"] - per_step[name] for name in models}
+    costs = per_step_costs(models, lambda m, steps: sample(m, clip, vae, images, "edit", seed=0, steps=steps,
+                                                           cfg=case.cfg), 1, case.steps, repeats)
     del models, model
-    return asdict(case) | {
+    return asdict(case) | costs | {
         "width": case.width, "image_tokens": case.image_tokens, "dtype": str(dtype).removeprefix("torch."),
         "targeted_weights": sum(m.d_in * m.d_out * m.experts for _, m in spec.items()),
-        "ms_per_step": {k: v * 1000 for k, v in per_step.items()},
-        "ms_fixed_per_run": {k: v * 1000 for k, v in fixed.items()},
-        "merge_over_base": per_step["merge"] / per_step["base"],
-        "dynamic_over_base": per_step["dynamic"] / per_step["base"],
         "limit": lora_flop_limit(spec, case.rank)}
 
 

@@ -47,6 +47,7 @@ from hywu_core.nnt import NNT, NNTConfig
 from hywu_core.tiny_editor.backbone import load_demo_checkpoint, sample
 from hywu_core.tiny_editor.family import build_family_files
 
+
 class DemoFamily:
     """The demo family built fresh in a temporary folder (weights random, LoRAs non-zero)."""
 
@@ -68,9 +69,8 @@ class DemoFamily:
 def bench_sampling(family: DemoFamily, batches: list[int], steps: int, repeats: int) -> list[dict]:
     """Per-step cost: (time at `steps` - time at 2 steps) / (steps - 2), each run with its model
     already loaded (ComfyUI patches merged weights when it loads a clone; that is timed in
-    bench.end_to_end), so fixed costs per run (text encoding, VAE) drop out; they are reported apart."""
-    import comfy.model_management as mm
-
+    bench.end_to_end), so fixed costs per run (text encoding, VAE) drop out; they are reported apart
+    (real_width.per_step_costs)."""
     rows = []
     for batch in batches:
         images = torch.rand(batch, 64, 64, 3, generator=torch.Generator().manual_seed(batch))
@@ -78,17 +78,8 @@ def bench_sampling(family: DemoFamily, batches: list[int], steps: int, repeats: 
         bundle = family.generate(images, lines)
         models = {"base": family.model, "merge": family.apply_merge(family.model, bundle.item(0)),
                   "dynamic": family.apply_dynamic(family.model, bundle)}
-        variants = {f"{name}@{n}": family.sampler(model, images, n) for name, model in models.items()
-                    for n in (2, steps)}
-        loads = {f"{name}@{n}": (lambda m=model: mm.load_models_gpu([m])) for name, model in models.items()
-                 for n in (2, steps)}
-        seconds = interleaved(variants, repeats, setup=loads)
-        per_step = {name: (seconds[f"{name}@{steps}"] - seconds[f"{name}@2"]) / (steps - 2) for name in models}
-        fixed = {name: seconds[f"{name}@2"] - 2 * per_step[name] for name in models}
-        rows.append({"batch": batch, "steps": steps, "ms_per_step": {k: v * 1000 for k, v in per_step.items()},
-                     "ms_fixed_per_run": {k: v * 1000 for k, v in fixed.items()},
-                     "merge_over_base": per_step["merge"] / per_step["base"],
-                     "dynamic_over_base": per_step["dynamic"] / per_step["base"]})
+        costs = real_width.per_step_costs(models, lambda m, n: family.sampler(m, images, n)(), 2, steps, repeats)
+        rows.append({"batch": batch, "steps": steps} | costs)
     return rows
 
 
