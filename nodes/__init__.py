@@ -7,6 +7,10 @@ from .demo_checkpoint_loader import HYWUDemoCheckpointLoader
 from .encode_condition import HYWUEncodeCondition
 from .export_lora import HYWULoRAToLoraModel, HYWUSaveLoRA
 from .generate_lora import HYWUGenerateLoRA
+from .hunyuan3_conditioning import HYWUHunyuanImage3Conditioning
+from .hunyuan3_cot import HYWUHunyuanImage3CoT
+from .hunyuan3_loader import HYWUHunyuanImage3Loader
+from .hunyuan3_noise import HYWUHunyuanImage3Noise
 from .load_condition_encoder import HYWULoadConditionEncoder
 from .load_generator import HYWULoadGenerator
 from .lora_tools import HYWUAverageLoRA, HYWUBlendLoRA, HYWUBoundLoRA, HYWUShuffleLoRA
@@ -19,4 +23,5 @@ NODES = [
     HYWULoadConditionEncoder, HYWUEncodeCondition, HYWULoadGenerator, HYWUGenerateLoRA, HYWUApplyLoRA,
     HYWULoRAToLoraModel, HYWUSaveLoRA, HYWUAverageLoRA, HYWUShuffleLoRA, HYWUBlendLoRA, HYWUBoundLoRA,
     HYWUDemoCheckpointLoader, HYWUModelFingerprint,
+    HYWUHunyuanImage3Loader, HYWUHunyuanImage3CoT, HYWUHunyuanImage3Conditioning, HYWUHunyuanImage3Noise,
 ]

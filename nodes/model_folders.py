@@ -1,4 +1,5 @@
-"""ComfyUI model folders the pack reads: models/hywu (generators) and models/hywu_encoders (folders).
+"""ComfyUI model folders the pack reads: models/hywu (generators), models/hywu_encoders (folders) and
+models/hunyuan3 (HunyuanImage-3.0-Instruct folders as downloaded from Hugging Face).
 
 The pack's own demo_models/ (the shipped demo family) is added after them to hywu, hywu_encoders and
 checkpoints, so the example workflows run on a fresh ComfyUI; a user's files of the same name win.
@@ -19,11 +20,12 @@ from hywu_core.checks import walk_once
 
 GENERATORS = "hywu"
 ENCODERS = "hywu_encoders"
+HUNYUAN3 = "hunyuan3"
 DEMO_MODELS = Path(__file__).resolve().parents[1] / "demo_models"
 
 
 def register() -> None:
-    for name in (GENERATORS, ENCODERS):
+    for name in (GENERATORS, ENCODERS, HUNYUAN3):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
     for name in (GENERATORS, ENCODERS, "checkpoints"):
         if (DEMO_MODELS / name).is_dir():
@@ -48,8 +50,17 @@ def generator_choices() -> list[str]:
 
 def encoder_choices() -> list[str]:
     """Condition encoder folders (a transformers folder with config.json) under models/hywu_encoders."""
+    return _config_folders(ENCODERS)
+
+
+def hunyuan3_choices() -> list[str]:
+    """HunyuanImage-3 folders (config.json beside the weights) under models/hunyuan3."""
+    return _config_folders(HUNYUAN3)
+
+
+def _config_folders(folder_name: str) -> list[str]:
     names = set()
-    for base in folder_paths.get_folder_paths(ENCODERS):
+    for base in folder_paths.get_folder_paths(folder_name):
         for root, dirs, files in walk_once(base):
             if "config.json" in files:
                 names.add(Path(root).relative_to(base).as_posix())
@@ -81,3 +92,8 @@ def resolve_generator(name: str) -> Path:
 def resolve_encoder(name: str) -> Path:
     """The condition encoder folder `name` names inside models/hywu_encoders."""
     return _resolve(ENCODERS, name, "condition encoder", lambda path: (path / "config.json").is_file())
+
+
+def resolve_hunyuan3(name: str) -> Path:
+    """The HunyuanImage-3 folder `name` names inside models/hunyuan3."""
+    return _resolve(HUNYUAN3, name, "HunyuanImage-3 folder", lambda path: (path / "config.json").is_file())

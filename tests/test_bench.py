@@ -50,6 +50,10 @@ def test_bench_quick_prints_ratios_and_writes_json(hywu, tmp_path):
     assert e2e["cache_on"]["ms"]["generate"] < e2e["cache_off"]["ms"]["generate"] / 5
     assert "paper: 6.7%" in result.stdout
 
+    cache = report["hunyuan3_prefix_cache"]
+    assert cache["tokens"] == 300 + 1 + 64 + 1 and cache["max_abs_diff_vs_full"] < 1e-5
+    assert "HunyuanImage-3 prefix cache" in result.stdout
+
     assert [(row["l"], row["r"]) for row in report["generator"]] == [(4, 4), (8, 8)]
     parts = report["generator_parts"][0]["variants"]
     assert set(parts["factorized"]["ms"]) >= {"inter_attn", "intra_attn", "cross_attn", "ffn", "heads", "other"}

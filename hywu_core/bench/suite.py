@@ -12,6 +12,8 @@ Every figure is a ratio of timings taken in the same run, interleaved (base, mer
                   blocks, against the FLOP limit (bench.real_width)
     end_to_end    one demo edit in merge mode part by part (encode, generate, apply, patch, sample,
                   restore) over the base run, cache off and on; the paper reports 6.7 % (bench.end_to_end)
+    hunyuan3_prefix_cache  a HunyuanImage-3 step after the first (prefix K/V reused) over the first step,
+                  on a random transformer of the tiny checkpoint's shape (bench.hunyuan3_cache)
     generator     NNT generation, factorized vs full attention, across growing (l, s, r); and where
                   the time goes at Table 2's shape, at width 64 and at a width where FLOPs dominate
                   (bench.generator_parts)
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from hywu_core.bench import end_to_end, generator_parts, real_width
+from hywu_core.bench import end_to_end, generator_parts, hunyuan3_cache, real_width
 from hywu_core.bench.attention import QUICK_SHAPES, SHAPES, TABLE2, bench_attention, print_rows, table2_layout
 from hywu_core.bench.kernels import run_kernel_benchmarks
 from hywu_core.bench.timing import interleaved, timed
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     report["end_to_end"] = end_to_end.bench_end_to_end(repeats, steps=4 if quick else 20)
     print("end to end, one demo edit in merge mode (shipped family), part by part:")
     end_to_end.print_end_to_end(report["end_to_end"])
+    report["hunyuan3_prefix_cache"] = row = hunyuan3_cache.bench_prefix_cache(
+        repeats, *((300, 8) if quick else (2100, 16)))
+    print(f"HunyuanImage-3 prefix cache ({row['tokens']} tokens): a later step costs {row['later_over_first']:.3f}x "
+          f"the first ({row['ms']['later step']:.1f} vs {row['ms']['first step']:.1f} ms), max |diff| vs a full "
+          f"recompute {row['max_abs_diff_vs_full']:.1e}")
     report["generator"] = bench_attention(QUICK_SHAPES if quick else SHAPES, repeats)
     print("generator, factorized vs full attention (width 64, depth 2)")
     print_rows(report["generator"])

@@ -158,6 +158,12 @@ def cmd_experiment(args, rest: list[str]) -> int:
     return experiments.main(rest)
 
 
+def cmd_hunyuan3_edit(args, rest: list[str]) -> int:
+    from hywu_core.tools import hunyuan3_edit
+
+    return hunyuan3_edit.main(rest)
+
+
 def cmd_bench(args, rest: list[str]) -> int:
     from hywu_core.bench import suite as bench
 
@@ -199,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "conflict | gradients | routing | geometry", add_help=False)
     experiment.set_defaults(handler=cmd_experiment)
 
+    hunyuan3 = commands.add_parser("hunyuan3-edit", help="one HunyuanImage-3.0-Instruct edit, headless "
+                                   "(writes OUT/base.png)", add_help=False)
+    hunyuan3.set_defaults(handler=cmd_hunyuan3_edit)
+
     bench = commands.add_parser("bench", help="benchmarks: per-sample LoRA cost, generator attention, kernels",
                                 add_help=False)
     bench.set_defaults(handler=cmd_bench)
@@ -220,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] in ("test", "bench", "demo", "demo-family", "experiment"):
+    if argv and argv[0] in ("test", "bench", "demo", "demo-family", "experiment", "hunyuan3-edit"):
         args, rest = parser.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = parser.parse_args(argv), []

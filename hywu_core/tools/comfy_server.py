@@ -27,7 +27,7 @@ from pathlib import Path
 from hywu_core.tools import devenv
 
 # Model folder names a server started with models_dir= gets inside it (ComfyUI's own + the pack's).
-MODEL_FOLDERS = ("hywu", "hywu_encoders", "checkpoints", "diffusion_models", "loras", "vae", "text_encoders")
+MODEL_FOLDERS = ("hywu", "hywu_encoders", "hunyuan3", "checkpoints", "diffusion_models", "loras", "vae", "text_encoders")
 
 
 class ServerError(RuntimeError):

@@ -57,6 +57,7 @@ SUBCOMMANDS = {
     "demo-family": "retrain the demo family (backbone, encoder, generator) from its fixed seed into demo_models/",
     "experiment": "the paper reproduction: ./hywu experiment conflict|gradients|routing|geometry [--quick]",
     "generate-lora": "write the LoRA a generator makes for a condition file",
+    "hunyuan3-edit": "one HunyuanImage-3.0-Instruct edit, headless: ./hywu hunyuan3-edit --model DIR --prompt TEXT ...",
     "train": "train a generator through a frozen backbone: ./hywu train CONFIG [--resume]",
     "bench": "benchmarks: per-sample LoRA cost, end-to-end overhead, generator attention, kernels",
 }

@@ -1,0 +1,119 @@
+"""`./hywu hunyuan3-edit`: one HunyuanImage-3.0-Instruct edit, headless, through the nodes' own code path.
+
+It runs workflows/api/hunyuan3_edit.json (the canvas workflow's twin) on a ComfyUI it starts: the model
+folder is linked into that server's models/hunyuan3, the input images are uploaded, the request fills
+the Conditioning node, and the saved image is written as OUT/base.png. Steps, guidance and flow shift
+are the folder's generation_config.json values (the Loader reads them), as in the official pipeline.
+Without --cot-text the model writes its CoT first (the CoT node, greedy, think mode); with it, that text is
+used as given (an empty string: no CoT).
+
+Interface (a contract; other tools call it):
+    ./hywu hunyuan3-edit --model DIR --prompt TEXT [--image A.png ...] [--cot-text TEXT]
+                         [--system-prompt NAME] --seed N --image-size HxW --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from hywu_core.tools.comfy_client import ComfyClient, PromptFailed, PromptRejected
+from hywu_core.tools.comfy_server import ComfyServer, ServerError
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "hunyuan3_edit.json"
+LOADER, CONDITIONING, SAVE, PROMPT, COT = "3", "4", "11", "12", "13"
+IMAGE_NODES = ("1", "2")
+IMAGE_INPUTS = ("image_1", "image_2", "image_3")
+MAX_IMAGES = 3
+DEFAULT_SYSTEM_PROMPT = "en_unified"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hywu hunyuan3-edit",
+                                     description="edit (or, without --image, generate) one image with "
+                                                 "HunyuanImage-3.0-Instruct; writes OUT/base.png")
+    parser.add_argument("--model", required=True, type=Path, help="the HunyuanImage-3.0-Instruct folder")
+    parser.add_argument("--prompt", required=True, help="the instruction or description")
+    parser.add_argument("--image", action="append", default=[], type=Path, help="an input image (up to 3)")
+    parser.add_argument("--cot-text", default=None,
+                        help="the CoT text (<think>...</think><recaption>...</recaption>) to condition on")
+    parser.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="a named system prompt")
+    parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument("--image-size", required=True, help="HxW, e.g. 1024x1024 (or 'auto')")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    return parser
+
+
+def edit_prompt(args, uploaded: list[str], folder_name: str) -> dict:
+    """The API workflow for this request: images 1..n loaded, the rest of the Load Image nodes removed."""
+    prompt = json.loads(WORKFLOW.read_text())
+    extra = [str(i) for i in range(100, 100 + MAX_IMAGES)]
+    nodes = list(IMAGE_NODES) + extra[len(IMAGE_NODES):]
+    conditioning, cot = prompt[CONDITIONING]["inputs"], prompt[COT]["inputs"]
+    for name in IMAGE_INPUTS:
+        conditioning.pop(name, None)
+        cot.pop(name, None)
+    for node in IMAGE_NODES:
+        prompt.pop(node)
+    for i, name in enumerate(uploaded):
+        prompt[nodes[i]] = {"class_type": "LoadImage", "inputs": {"image": name},
+                            "_meta": {"title": f"Image {i + 1}"}}
+        conditioning[IMAGE_INPUTS[i]] = cot[IMAGE_INPUTS[i]] = [nodes[i], 0]
+    prompt[PROMPT]["inputs"]["value"] = args.prompt
+    conditioning.update(system_prompt=args.system_prompt, image_size=args.image_size, seed=args.seed)
+    cot.update(system_prompt=args.system_prompt, seed=args.seed)
+    if args.cot_text is not None:
+        conditioning["cot_text"] = args.cot_text
+    prompt[LOADER]["inputs"]["model_folder"] = folder_name
+    prompt[SAVE]["inputs"]["filename_prefix"] = "base"
+    return prompt
+
+
+def check(args) -> str | None:
+    if len(args.image) > MAX_IMAGES:
+        return f"{len(args.image)} images given; HunyuanImage-3.0-Instruct takes at most {MAX_IMAGES}"
+    for image in args.image:
+        if not image.is_file():
+            return f"--image {image}: no such file"
+    if not (args.model / "config.json").is_file():
+        return f"--model {args.model}: no config.json there; give the HunyuanImage-3.0-Instruct folder"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = check(args)
+    if problem:
+        print(f"hywu hunyuan3-edit: {problem}", file=sys.stderr)
+        return 2
+    comfyui_dir = Path(os.environ["COMFYUI_DIR"])
+    with tempfile.TemporaryDirectory(prefix="hywu-hunyuan3-") as work:
+        work = Path(work)
+        models = work / "models"
+        (models / "hunyuan3").mkdir(parents=True)
+        folder_name = args.model.resolve().name
+        (models / "hunyuan3" / folder_name).symlink_to(args.model.resolve(), target_is_directory=True)
+        server = ComfyServer(comfyui_dir, workdir=work, log_path=work / "comfyui.log", models_dir=models)
+        print("[hywu] starting ComfyUI ...", file=sys.stderr, flush=True)
+        try:
+            with server:
+                client = ComfyClient(server.url)
+                uploaded = [client.upload_image(image) for image in args.image]
+                entry = client.run(edit_prompt(args, uploaded, folder_name), timeout=24 * 3600)
+                refs = [ref for ref in client.output_images(entry) if ref.node == SAVE]
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "base.png").write_bytes(client.fetch_image(refs[0]))
+        except PromptRejected as error:
+            print(f"hywu hunyuan3-edit: ComfyUI rejected the request:\n{error}", file=sys.stderr)
+            return 1
+        except PromptFailed as error:
+            print(f"hywu hunyuan3-edit: the request failed in ComfyUI:\n{error}", file=sys.stderr)
+            return 1
+        except (ServerError, TimeoutError, OSError) as error:
+            print(f"hywu hunyuan3-edit: {error}", file=sys.stderr)
+            return 1
+    print(args.out / "base.png")
+    return 0
