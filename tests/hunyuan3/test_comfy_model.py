@@ -88,3 +88,16 @@ def test_weight_dtypes_load_and_sample_close_to_float32(comfy_lib, reference, we
     assert torch.isfinite(ours).all()
     relative = (ours - expected).norm() / expected.norm()
     assert relative < {"bf16": 0.05, "fp8_e4m3fn": 0.3}[weight_dtype], float(relative)
+
+
+def test_ksampler_path_reproduces_the_reference_given_its_noise(loaded, reference):
+    """comfy.sample.sample is KSampler's body: with the reference's initial noise it lands on the same latents
+    (KSampler itself draws its own noise from the seed, so in the canvas it gives another, equally valid image)."""
+    import comfy.sample
+
+    model, _, folder = loaded
+    positive, negative = _conditioning(reference)
+    samples = comfy.sample.sample(model, reference["sample.initial_noise"], 4, 2.5, "euler", "simple", positive,
+                                  negative, torch.zeros(1, 8, 16, 16), seed=0)
+    expected = reference["sample.final_latents"]
+    assert (model.model.process_latent_in(samples) - expected).abs().max() < 1e-4 * expected.abs().max()
