@@ -36,7 +36,6 @@ from hywu_core.hunyuan3.inputs import StepInputs
 from hywu_core.hunyuan3.model import DIFFUSION_PREFIXES, HunyuanImage3Transformer
 from hywu_core.hunyuan3.request import RequestBuilder, initial_noise
 from hywu_core.hunyuan3.vae import HunyuanVAE
-from hywu_core.hunyuan3.vision import VISION_PREFIXES, VisionEncoder
 
 COND_KEY = "hunyuan3"
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -214,14 +213,9 @@ class Hunyuan3Encoder:
         self.folder = folder
         self.device = mm.get_torch_device()
         self.offload_device = mm.text_encoder_offload_device()
-        self.dtype = torch.float32 if self.device.type == "cpu" else torch.bfloat16
-        self.vae = HunyuanVAE.from_config(folder.config["vae"])
-        self.vae.load_state_dict(folder.state_dict("vae."), strict=True)
-        self.vision = VisionEncoder(folder.config)
-        self.vision.load_state_dict(folder.state_dict(VISION_PREFIXES, strip=False), strict=True)
-        for module in (self.vae, self.vision):
-            module.eval().to(self.offload_device, self.dtype)
-        self.requests = RequestBuilder(folder, self.vae, self.vision)
+        dtype = torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        self.requests = RequestBuilder.from_folder(folder, dtype)
+        self.vae, self.vision = self.requests.vae.to(self.offload_device), self.requests.vision.to(self.offload_device)
 
     def prepare(self, prompt, images=(), cot_text=None, system_prompt=None, image_size="auto", seed=0):
         """The Prepared rows of an image request (request.RequestBuilder.prepare)."""

@@ -53,15 +53,19 @@ class StepInputs:
         return cls(**values, image_grid=first.image_grid,
                    keys=tuple(k for r in rows for k in r.keys))
 
-    def repeat_to(self, batch_size):
-        """Rows repeated cyclically to `batch_size` (ComfyUI's repeat_to_batch_size for a latent batch)."""
-        if batch_size == self.batch_size:
-            return self
-        index = torch.arange(batch_size) % self.batch_size
+    def select(self, index):
+        """The rows at `index` (a list or int64 tensor of row numbers), in that order."""
+        index = torch.as_tensor(index, dtype=torch.long)
         values = {n: getattr(self, n)[index] for n in self._tensors()}
         values["cond_latents"] = tuple(c[index] for c in self.cond_latents)
         return StepInputs(**values, image_grid=self.image_grid,
                           keys=tuple(self.keys[i] for i in index.tolist()) if self.keys else ())
+
+    def repeat_to(self, batch_size):
+        """Rows repeated cyclically to `batch_size` (ComfyUI's repeat_to_batch_size for a latent batch)."""
+        if batch_size == self.batch_size:
+            return self
+        return self.select(torch.arange(batch_size) % self.batch_size)
 
     def to(self, device, dtype=None):
         values = {}

@@ -66,12 +66,9 @@ class HunyuanImage3Transformer(nn.Module):
 
     # -- embeddings --------------------------------------------------------------------------------------------
 
-    def _time(self, embedder, t, dtype):
-        return embedder(t, dtype=dtype)
-
     def image_tokens(self, x, t):
         """(B, C, H, W) model latents at timesteps t (B,) -> (B, H * W, hidden) tokens."""
-        return self.patch_embed(x, self._time(self.time_embed, t, x.dtype))[0]
+        return self.patch_embed(x, self.time_embed(t, dtype=x.dtype))[0]
 
     def embed_context(self, inputs, dtype):
         """Input embeddings (B, L, hidden) of everything but the generated image: text, the condition images'
@@ -82,7 +79,7 @@ class HunyuanImage3Transformer(nn.Module):
             zeros = torch.zeros(b, device=h.device)
             cond = torch.cat([self.image_tokens(c.to(dtype), zeros) for c in inputs.cond_latents], dim=1)
             h.scatter_(1, inputs.cond_image_slots[..., None].expand(-1, -1, d), cond)
-            stamp = self._time(self.timestep_emb, zeros, dtype)
+            stamp = self.timestep_emb(zeros, dtype=dtype)
             slots = inputs.cond_timestep_slots
             h.scatter_(1, slots[..., None].expand(-1, -1, d), stamp[:, None].expand(-1, slots.shape[1], -1))
         if inputs.vit_embeds.shape[1]:
@@ -95,13 +92,13 @@ class HunyuanImage3Transformer(nn.Module):
         d = h.shape[-1]
         h.scatter_(1, inputs.image_slots[..., None].expand(-1, -1, d), self.image_tokens(x, t))
         h.scatter_(1, inputs.timestep_slot[..., None].expand(-1, -1, d),
-                   self._time(self.timestep_emb, t, x.dtype)[:, None])
+                   self.timestep_emb(t, dtype=x.dtype)[:, None])
         return h
 
     # -- the step ----------------------------------------------------------------------------------------------
 
     def _predict(self, image_hidden, t, grid):
-        return self.final_layer(image_hidden, self._time(self.time_embed_2, t, image_hidden.dtype), *grid)
+        return self.final_layer(image_hidden, self.time_embed_2(t, dtype=image_hidden.dtype), *grid)
 
     def _check(self, x, inputs):
         grid = tuple(x.shape[-2:])
@@ -129,7 +126,7 @@ class HunyuanImage3Transformer(nn.Module):
         else:
             indices = torch.cat([inputs.timestep_slot, inputs.image_slots], dim=1)
             d = self.config["hidden_size"]
-            stamp = self._time(self.timestep_emb, t, x.dtype)[:, None]
+            stamp = self.timestep_emb(t, dtype=x.dtype)[:, None]
             h = torch.cat([stamp, self.image_tokens(x, t)], dim=1)
             cos, sin = self.model.rope(gather_tokens(inputs.positions, indices, 1))
             out = self.model(h, gather_tokens(mask, indices, 2), cos, sin, kv_cache=cache, indices=indices)

@@ -31,6 +31,8 @@ from hywu_core.hunyuan3.prompt import (
 )
 from hywu_core.hunyuan3.system_prompts import DEFAULT as DEFAULT_SYSTEM_PROMPT
 from hywu_core.hunyuan3.system_prompts import system_prompt as system_prompt_text
+from hywu_core.hunyuan3.vae import HunyuanVAE
+from hywu_core.hunyuan3.vision import VISION_PREFIXES, VisionEncoder
 
 
 @dataclass
@@ -66,6 +68,15 @@ class RequestBuilder:
         self.naflex = NaflexPreprocessor.from_config(folder.config.get("vit_processor", {}))
         self.vae, self.vision = vae, vision
         self.factor = int(folder.config["vae"].get("ffactor_spatial", 16))
+
+    @classmethod
+    def from_folder(cls, folder, dtype=torch.float32):
+        """A builder with the folder's VAE and vision tower + aligner loaded (every key, strict), on the CPU."""
+        vae = HunyuanVAE.from_config(folder.config["vae"])
+        vae.load_state_dict(folder.state_dict("vae."), strict=True)
+        vision = VisionEncoder(folder.config)
+        vision.load_state_dict(folder.state_dict(VISION_PREFIXES, strip=False), strict=True)
+        return cls(folder, vae.eval().to(dtype), vision.eval().to(dtype))
 
     def system_prompt(self, name=None, custom=None):
         name = name or self.folder.generation.get("use_system_prompt") or DEFAULT_SYSTEM_PROMPT

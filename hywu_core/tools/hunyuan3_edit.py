@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"hywu hunyuan3-edit: {problem}", file=sys.stderr)
         return 2
+    if not os.environ.get("COMFYUI_DIR"):
+        print("hywu hunyuan3-edit: no ComfyUI folder: run it as ./hywu hunyuan3-edit (which sets COMFYUI_DIR)",
+              file=sys.stderr)
+        return 2
     comfyui_dir = Path(os.environ["COMFYUI_DIR"])
     with tempfile.TemporaryDirectory(prefix="hywu-hunyuan3-") as work:
         work = Path(work)

@@ -4,43 +4,25 @@ comfy.sample.sample_custom (what SamplerCustomAdvanced runs) with the euler samp
 (which, for a step count dividing 1000, gives the release's shifted sigmas exactly) and CFG, from the release's
 initial noise, must land on the reference's final latents; the stock VAE Decode path on its image.
 """
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.hunyuan3.test_model import reference_step_inputs
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
+from tests.hunyuan3.helpers import DATA, reference_step_inputs
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_file(str(DATA / "reference.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def loaded(comfy_lib):
+def loaded(comfy_lib, tiny_model):
     from hywu_core.comfyui.hunyuan3 import load_model, load_vae
-    from hywu_core.hunyuan3.config import open_folder
 
-    folder = open_folder(str(DATA / "tiny_model"))
-    return load_model(folder), load_vae(folder, dtype=torch.float32), folder
+    return load_model(tiny_model), load_vae(tiny_model, dtype=torch.float32), tiny_model
 
 
 def _conditioning(reference):
+    """CONDITIONING pairs carrying the reference's own cond and uncond rows."""
     inputs = reference_step_inputs(reference, keys=("cond", "uncond"))
-    row = lambda i: inputs.repeat_to(2).__class__.cat([_pick(inputs, i)])
-    return [[torch.zeros(1, 1, 1), {"hunyuan3": row(0)}]], [[torch.zeros(1, 1, 1), {"hunyuan3": row(1)}]]
-
-
-def _pick(inputs, i):
-    from hywu_core.hunyuan3.inputs import StepInputs
-
-    values = {n: getattr(inputs, n)[i:i + 1] for n in inputs._tensors()}
-    return StepInputs(**values, cond_latents=tuple(c[i:i + 1] for c in inputs.cond_latents),
-                      image_grid=inputs.image_grid, keys=inputs.keys[i:i + 1])
+    return ([[torch.zeros(1, 1, 1), {"hunyuan3": inputs.select([0])}]],
+            [[torch.zeros(1, 1, 1), {"hunyuan3": inputs.select([1])}]])
 
 
 def test_comfy_sampler_reproduces_the_reference_latents_and_image(loaded, reference):
@@ -100,4 +82,28 @@ def test_ksampler_path_reproduces_the_reference_given_its_noise(loaded, referenc
     samples = comfy.sample.sample(model, reference["sample.initial_noise"], 4, 2.5, "euler", "simple", positive,
                                   negative, torch.zeros(1, 8, 16, 16), seed=0)
     expected = reference["sample.final_latents"]
+    assert (model.model.process_latent_in(samples) - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_text_to_image_request_samples_to_the_reference(loaded, reference):
+    """The whole path the nodes take, in process: our request (no input image), the nodes' CONDITIONING and
+    NOISE, ComfyUI's sampler -> the reference's text-to-image latents."""
+    import comfy.sample
+    import comfy.samplers
+
+    from hywu_core.comfyui.hunyuan3 import ReferenceNoise, conditioning, request_of
+    from hywu_core.hunyuan3.request import RequestBuilder
+    from tests.hunyuan3.helpers import MANIFEST
+
+    model, _, folder = loaded
+    inputs = MANIFEST["inputs"]
+    prepared = RequestBuilder.from_folder(folder).prepare(inputs["t2i_prompt"], [], cot_text=inputs["t2i_cot_text"],
+                                                          system_prompt=inputs["system_prompt"],
+                                                          image_size=inputs["image_size"], seed=inputs["seed"])
+    positive, negative, latent = conditioning(prepared)
+    noise = ReferenceNoise(request_of(positive)).generate_noise(latent)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
+    samples = comfy.sample.sample_custom(model, noise, 2.5, comfy.samplers.sampler_object("euler"), sigmas,
+                                         positive, negative, latent["samples"], seed=0)
+    expected = reference["t2i.final_latents"]
     assert (model.model.process_latent_in(samples) - expected).abs().max() < 1e-4 * expected.abs().max()

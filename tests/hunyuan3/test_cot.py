@@ -4,12 +4,10 @@ The prompt is built by our prompt builder from the reference's own image encodin
 and the posterior noise the reference drew for this prompt; the ViT embeddings of the same images), so this checks
 the decoding loop: prefill, one token at a time against the cache, the logits each token was chosen from.
 """
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from hywu_core.hunyuan3.config import open_folder
 from hywu_core.hunyuan3.cot import Sampling, cot_text, generate, pick
@@ -21,14 +19,7 @@ from hywu_core.hunyuan3.images import (
 from hywu_core.hunyuan3.prompt import HunyuanTokenizer, InputImage, PromptBuilder
 from hywu_core.hunyuan3.request import RequestBuilder
 from hywu_core.hunyuan3.system_prompts import system_prompt
-from tests.hunyuan3.test_model import transformer  # noqa: F401  (fixture)
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_file(str(DATA / "reference.safetensors"))
+from tests.hunyuan3.helpers import DATA
 
 
 def cot_prompt_row(reference):
@@ -55,7 +46,7 @@ def cot_prompt_row(reference):
     return row, tok
 
 
-def test_greedy_cot_matches_the_reference(transformer, reference):  # noqa: F811
+def test_greedy_cot_matches_the_reference(transformer, reference):
     row, tok = cot_prompt_row(reference)
     assert torch.equal(row.input_ids, reference["cot.prompt_ids"])
     expected = reference["cot.generated_ids"][0].tolist()
@@ -66,7 +57,7 @@ def test_greedy_cot_matches_the_reference(transformer, reference):  # noqa: F811
     assert cot_text(tok, "think", tokens).startswith("<think>")
 
 
-def test_forced_transition_and_stop(transformer, reference):  # noqa: F811
+def test_forced_transition_and_stop(transformer, reference):
     """After the transition token the forced follow-up comes next whatever the logits say; a stop token ends."""
     row, tok = cot_prompt_row(reference)
     first, _ = generate(transformer, row, tok, max_new_tokens=1)

@@ -6,7 +6,6 @@ one denoising step's trunk input and every decoder layer's output (`step.*`), an
 layer output with ln_f's output at its last 64 positions and the last position's logits (`condition.*`).
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,7 @@ from hywu_core.hunyuan3.decoder import (
 )
 from hywu_core.hunyuan3.moe import MLP, MoE, feed_forward
 from hywu_core.hunyuan3.rope import rope_cos_sin, rope_positions
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
+from tests.hunyuan3.helpers import DATA
 
 
 def max_diff(a, b):

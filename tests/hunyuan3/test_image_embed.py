@@ -1,7 +1,6 @@
 """Timestep embedders, patch embed and final layer against the reference's step hooks on the tiny checkpoint."""
 import math
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ from hywu_core.hunyuan3.image_embed import (
     image_modules,
     timestep_embedding,
 )
+from tests.hunyuan3.helpers import DATA
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "hunyuan3"
 NAMES = ("timestep_emb", "patch_embed", "time_embed", "final_layer", "time_embed_2")
 
 

@@ -1,12 +1,10 @@
 """Ratio buckets, conditioning-image preparation and naflex patches against the reference's recorded inputs."""
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from hywu_core.hunyuan3.images import (
     Bucket,
@@ -21,14 +19,9 @@ from hywu_core.hunyuan3.images import (
     restore_aspect,
     vae_pixels,
 )
+from tests.hunyuan3.helpers import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
 NAMES = ("a", "b")
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_file(str(DATA / "reference.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
 """The memory table's parameter counts, computed from a config alone, equal the checkpoint's actual weights."""
 import math
-from pathlib import Path
 
 from safetensors import safe_open
 
 from hywu_core.hunyuan3.config import open_folder
-from hywu_core.hunyuan3.memory import RELEASE_SHAPES, kv_bytes_per_token, parameter_counts
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
+from hywu_core.hunyuan3.memory import (
+    RELEASE_SHAPES,
+    kv_bytes_per_token,
+    parameter_counts,
+)
+from tests.hunyuan3.helpers import DATA
 
 
 def test_counts_from_the_config_equal_the_checkpoint():

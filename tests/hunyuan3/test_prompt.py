@@ -8,7 +8,6 @@ slots, 2D RoPE positions, the attention mask), the img_ratio prefill (`condition
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,8 @@ from hywu_core.hunyuan3.prompt import (
     TokenizerError,
 )
 from hywu_core.hunyuan3.system_prompts import PROMPTS, system_prompt
+from tests.hunyuan3.helpers import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
 FOLDER = DATA / "tiny_model"
 
 

@@ -1,33 +1,17 @@
 """A request prepared by our code (images -> buckets, VAE posterior samples, ViT tokens, the sequence) equals the
 reference's prepared inputs, and the initial noise replays the reference's generator order."""
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from hywu_core.hunyuan3.config import open_folder
 from hywu_core.hunyuan3.request import RequestBuilder
-from hywu_core.hunyuan3.vae import HunyuanVAE
-from hywu_core.hunyuan3.vision import VISION_PREFIXES, VisionEncoder
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
+from tests.hunyuan3.helpers import DATA
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return load_file(str(DATA / "reference.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def builder():
-    folder = open_folder(str(DATA / "tiny_model"))
-    vae = HunyuanVAE.from_config(folder.config["vae"])
-    vae.load_state_dict(folder.state_dict("vae."), strict=True)
-    vision = VisionEncoder(folder.config)
-    vision.load_state_dict(folder.state_dict(VISION_PREFIXES, strip=False), strict=True)
-    return RequestBuilder(folder, vae.eval(), vision.eval())
+def builder(tiny_model):
+    return RequestBuilder.from_folder(tiny_model)
 
 
 def edit_request(builder, **overrides):

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from hywu_core.tools.comfy_client import PromptFailed
+from tests.hunyuan3.helpers import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "hunyuan3_edit.json"
 MANIFEST = json.loads((DATA / "reference.json").read_text())["inputs"]
 

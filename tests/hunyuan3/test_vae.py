@@ -1,6 +1,5 @@
 """The VAE against the reference's recorded encode / posterior sample / decode on the tiny checkpoint."""
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,7 @@ from torch import nn
 
 from hywu_core.hunyuan3.config import open_folder
 from hywu_core.hunyuan3.vae import HunyuanVAE
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "hunyuan3"
+from tests.hunyuan3.helpers import DATA
 
 
 def reference(*names):

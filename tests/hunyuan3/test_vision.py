@@ -1,10 +1,8 @@
 """The SigLIP2 tower and aligner against the reference's outputs on the tiny checkpoint's two input images."""
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from hywu_core.hunyuan3.config import open_folder
 from hywu_core.hunyuan3.images import NaflexPreprocessor
@@ -14,14 +12,9 @@ from hywu_core.hunyuan3.vision import (
     VisionEncoder,
     VisionTransformer,
 )
+from tests.hunyuan3.helpers import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "hunyuan3"
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_file(str(DATA / "reference.safetensors"))
 
 
 @pytest.fixture(scope="module")
