@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hywu_core.encoders import ConditionEncoder, check_image_batch, match_instructions, match_references
@@ -133,3 +133,14 @@ def load_condition_file(path: str | Path) -> Condition:
     if mask is not None and tuple(mask.shape) != tuple(tokens.shape[:2]):
         raise ValueError(f'{path}: "condition_mask" has shape {tuple(mask.shape)}; expected {tuple(tokens.shape[:2])}')
     return Condition.from_tensors(tokens, None if mask is None else mask != 0, encoder=Path(path).name)
+
+
+def save_condition_file(path: str | Path, condition: Condition) -> Path:
+    """`condition` as a condition file (what load_condition_file and `./hywu generate-lora --condition` read):
+    "condition" (B, L, D) float32 and "condition_mask" (B, L) uint8; the instructions in the metadata."""
+    path = Path(path)
+    tensors = {"condition": condition.tokens.detach().float().cpu().contiguous(),
+               "condition_mask": condition.mask.detach().to("cpu", torch.uint8).contiguous()}
+    save_file(tensors, str(path), metadata={"hywu.encoder": condition.encoder,
+                                            "hywu.instructions": "\n".join(condition.instructions)})
+    return path

@@ -64,6 +64,23 @@ MAX_TOKENS = 2**22       # l x s: the layout's token masks, built on the CPU
 MAX_POSITIONS = 2**24    # l x s x r / g: the NNT's latent index buffers, built on the CPU
 MAX_SCALE = 1e3          # alpha / rank; trained LoRAs have scales near 1
 
+# The release's generator (the sizes of its ParameterGeneratorConfig defaults): HunyuanImage-3.0's targets.
+RELEASE_CONFIG = {
+    "model_type": OFFICIAL_MODEL_TYPE, "token_dim": 1024, "rank": 16, "alpha": 64, "input_dim": 4096,
+    "dim_accumulation": 4, "d_model": 4096, "head_dim": 128, "num_base_model_layers": 32, "output_dim": 1024,
+    "num_pg_layers": 24, "prefix": "model.layers.",
+    "pg_mapping": {
+        "self_attn.qkv_proj": {"lora_A_dim": 4096, "lora_B_dim": 6144},
+        "self_attn.o_proj": {"lora_A_dim": 4096, "lora_B_dim": 4096},
+        "mlp.shared_mlp.gate_and_up_proj": {"lora_A_dim": 4096, "lora_B_dim": 6144},
+        "mlp.shared_mlp.down_proj": {"lora_A_dim": 3072, "lora_B_dim": 4096},
+        "mlp.experts": {"type": "grouped", "num_experts": 64,
+                        "sub_weights": {"w1": {"lora_A_dim": 4096, "lora_B_dim": 3072},
+                                        "w2": {"lora_A_dim": 3072, "lora_B_dim": 4096},
+                                        "w3": {"lora_A_dim": 4096, "lora_B_dim": 3072}}},
+    },
+}
+
 
 class GeneratorFileError(ValueError):
     """A generator file or folder that cannot be loaded; the message names the problem and the fix."""
@@ -263,6 +280,25 @@ def official_weight_files(folder: Path) -> list[Path]:
                              "download the release's safetensors weights (other weight formats are not read)")
 
 
+def official_parts(cfg: dict, shapes: dict | None = None, source: Path = Path("config.json")):
+    """(NNTConfig, TargetSpec, ParameterLayout, alpha) of an official config.json (a dict); with `shapes`
+    (the weights' {our name: shape}), the config is checked against them before the layout is built."""
+    config = NNTConfig(cond_dim=cfg["input_dim"], width=cfg["d_model"], depth=cfg["num_pg_layers"],
+                       heads=cfg["d_model"] // cfg["head_dim"], ffn_dim=4 * cfg["d_model"],
+                       rank_group=cfg["dim_accumulation"], positions="official")
+    if shapes is not None:
+        check_stored_sizes(source, config, cfg["num_base_model_layers"], shapes)
+    try:
+        spec = TargetSpec.from_pg_config(cfg)
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise GeneratorFileError(f"{source}: unusable pg_mapping ({type(error).__name__}: {error}); "
+                                 "download the release's config.json again") from error
+    alpha = float(cfg["alpha"])
+    if shapes is not None:
+        check_layout_sizes(source, config, spec, cfg["rank"], cfg["token_dim"], alpha, shapes)
+    return config, spec, make_layout(spec, cfg["rank"], kind="official_flat", token_dim=cfg["token_dim"]), alpha
+
+
 def load_official_generator(folder: Path, device="cpu") -> Generator:
     """Load a tencent/HY-WU release folder into our Generator (release variant of the NNT).
 
@@ -306,19 +342,11 @@ def load_official_generator(folder: Path, device="cpu") -> Generator:
                                  f"({len(foreign)}); this is not an official HY-WU generator checkpoint")
     shapes = {official_name(name): shape for name, shape in names.items()}
     try:
-        config = NNTConfig(cond_dim=cfg["input_dim"], width=cfg["d_model"], depth=cfg["num_pg_layers"],
-                           heads=cfg["d_model"] // cfg["head_dim"], ffn_dim=4 * cfg["d_model"],
-                           rank_group=cfg["dim_accumulation"], positions="official")
-    except ValueError as error:
-        raise GeneratorFileError(f"{config_path}: {error}; download the release's config.json again") from error
-    check_stored_sizes(config_path, config, cfg["num_base_model_layers"], shapes)
-    try:
-        spec = TargetSpec.from_pg_config(cfg)
+        config, spec, layout, alpha = official_parts(cfg, shapes, config_path)
+    except GeneratorFileError:
+        raise
     except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise GeneratorFileError(f"{config_path}: unusable pg_mapping ({type(error).__name__}: {error}); "
-                                 "download the release's config.json again") from error
-    check_layout_sizes(config_path, config, spec, cfg["rank"], cfg["token_dim"], alpha, shapes)
-    layout = make_layout(spec, cfg["rank"], kind="official_flat", token_dim=cfg["token_dim"])
+        raise GeneratorFileError(f"{config_path}: {error}; download the release's config.json again") from error
     tensors = {}
     for path in files:
         tensors |= {official_name(name): tensor for name, tensor in read_safetensors(path, device)[1].items()}

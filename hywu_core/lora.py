@@ -82,11 +82,13 @@ class LoRABundle:
         """Row i in ComfyUI's LoRA format (comfy.lora.load_lora, "Load LoRA Model").
 
         Keys "<prefix><path>.lora_up.weight" (d_out, r), ".lora_down.weight" (r, d_in) and
-        ".alpha" (scalar); grouped roles are written once per member module.
+        ".alpha" (scalar); grouped roles are written once per member module. Roles that write only
+        some output rows of a Linear (out_slice) are written as one LoRA per Linear: the roles'
+        down factors stacked, their up factors placed at their rows (zeros elsewhere), rank the sum
+        of theirs and alpha scaled to keep alpha / rank, so up @ down is exactly their updates.
         """
         row = self.item(i)
-        alpha = torch.tensor(float(self.alpha), dtype=torch.float32)
-        out = {}
+        per_linear: dict[str, list[tuple[Tensor, Tensor, tuple[int, int] | None]]] = {}
         for block in self.spec.blocks:
             for m in block.modules:
                 path = block.path(m.name)
@@ -94,12 +96,19 @@ class LoRABundle:
                 if m.grouped and not m.members:
                     raise ValueError(f"expert group {path} has no member module paths; ComfyUI's LoRA format "
                                      "needs one module per expert")
-                targets = [(block.path(member), a[e], b[e]) for e, member in enumerate(m.members)] \
-                    if m.grouped else [(path, a, b)]
-                for target, down, up in targets:
-                    out[f"{prefix}{target}.lora_up.weight"] = up.clone()
-                    out[f"{prefix}{target}.lora_down.weight"] = down.clone()
-                    out[f"{prefix}{target}.alpha"] = alpha.clone()
+                factors = [(a[e], b[e]) for e in range(m.experts)] if m.grouped else [(a, b)]
+                for linear, (down, up) in zip(m.linears, factors):
+                    per_linear.setdefault(block.path(linear), []).append((down, up, m.out_slice))
+        out = {}
+        for target, parts in per_linear.items():
+            if len(parts) == 1 and parts[0][2] is None:
+                down, up = parts[0][0].clone(), parts[0][1].clone()
+            else:
+                down, up = _fused_factors(target, parts)
+            out[f"{prefix}{target}.lora_up.weight"] = up
+            out[f"{prefix}{target}.lora_down.weight"] = down
+            alpha = self.alpha * down.shape[0] / self.rank if down.shape[0] != self.rank else self.alpha
+            out[f"{prefix}{target}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
         return out
 
     @classmethod
@@ -114,6 +123,9 @@ class LoRABundle:
         targets = []
         for block in spec.blocks:
             for m in block.modules:
+                if m.out_slice is not None:
+                    raise ValueError(f"{block.path(m.name)} writes only some output rows of its Linear; such LoRAs "
+                                     "are not read back from ComfyUI's LoRA format")
                 if m.grouped and not m.members:
                     raise ValueError(f"expert group {block.path(m.name)} has no member module paths; "
                                      "it cannot be read from ComfyUI's LoRA format")
@@ -148,6 +160,22 @@ class LoRABundle:
             A[path] = torch.stack(downs) if m.grouped else torch.stack(downs)[:, 0]
             B[path] = torch.stack(ups) if m.grouped else torch.stack(ups)[:, 0]
         return cls(spec, rank, float(rank) if alpha is None else alpha, A, B)
+
+
+def _fused_factors(target: str, parts: list[tuple[Tensor, Tensor, tuple[int, int] | None]]) -> tuple[Tensor, Tensor]:
+    """One (down, up) for LoRAs that write disjoint output rows of one Linear: down stacks theirs, up holds each
+    one's up factor at its rows and rank columns."""
+    rows = [s if s is not None else (0, up.shape[0]) for _, up, s in parts]
+    spans = sorted(rows)
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"two LoRAs write overlapping output rows {spans} of {target}; the target spec is broken")
+    down = torch.cat([d for d, _, _ in parts])
+    up = down.new_zeros(max(stop for _, stop in rows), down.shape[0])
+    col = 0
+    for (d, u, _), (start, stop) in zip(parts, rows):
+        up[start:stop, col:col + d.shape[0]] = u
+        col += d.shape[0]
+    return down, up
 
 
 def factor_shapes(module: TargetModule, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

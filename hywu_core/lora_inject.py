@@ -2,7 +2,10 @@
 
 Inside `per_row_injection(root, bundle, rows)` every adapted Linear of the bundle's target spec
 returns base(x) + strength * scale * (x A_k^T) B_k^T with k = rows[i] for batch row i (the
-per-row product comes from hywu_core.kernels.per_row_lora). The backbone's weights are never
+per-row product comes from hywu_core.kernels.per_row_lora); a LoRA with an output slice adds into
+those output rows only. Inside a mixture of experts a Linear sees tokens, not batch rows: the
+mixture says which batch row each token came from (hywu_core.token_rows), and the token takes its
+row's LoRA. The backbone's weights are never
 touched: forward hooks are added on entry and removed on exit, also when the block raises.
 Gradients flow into the bundle's factors, which is how the generator is trained end to end
 through a frozen backbone (§3.6).
@@ -19,8 +22,10 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hywu_core import token_rows
 from hywu_core.kernels import per_row_lora, per_row_lora_add_
 from hywu_core.lora import LoRABundle
 
@@ -35,8 +40,8 @@ class PerRowLoRA:
         self.scale = float(strength) * bundle.scale
         self._cast: dict[tuple[torch.device, torch.dtype], dict[str, tuple[Tensor, Tensor]]] = {}
 
-    def targets(self, root: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, int | None]]:
-        """(Linear module, spec path, expert index or None) for every module the bundle adapts."""
+    def targets(self, root: nn.Module, prefix: str = "") -> list[tuple[nn.Module, str, int | None, tuple | None]]:
+        """(Linear module, spec path, expert index or None, output rows or None) for every module the bundle adapts."""
         found, missing = [], []
         for block in self.bundle.spec.blocks:
             for m in block.modules:
@@ -44,18 +49,20 @@ class PerRowLoRA:
                 if m.grouped and not m.members:
                     raise ValueError(f"expert group {path} has no member modules to inject into; "
                                      "derive the target spec from the model itself")
-                names = [(block.path(member), e) for e, member in enumerate(m.members)] if m.grouped \
-                    else [(path, None)]
-                for name, expert in names:
+                for e, linear in enumerate(m.linears):
+                    name = prefix + block.path(linear)
                     try:
-                        module = root.get_submodule(prefix + name)
+                        module = root.get_submodule(name)
                     except AttributeError:
-                        missing.append(prefix + name)
+                        missing.append(name)
                         continue
-                    if (getattr(module, "in_features", None), getattr(module, "out_features", None)) != (m.d_in, m.d_out):
-                        missing.append(f"{prefix + name} (shape differs)")
+                    d_in, d_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+                    fits = d_in == m.d_in and (d_out == m.d_out if m.out_slice is None
+                                               else isinstance(d_out, int) and d_out >= m.out_slice[1])
+                    if not fits:
+                        missing.append(f"{name} (shape differs)")
                         continue
-                    found.append((module, path, expert))
+                    found.append((module, path, e if m.grouped else None, m.out_slice))
         if missing:
             raise ValueError(f"the LoRA's target modules are not in this model: {', '.join(missing[:5])}"
                              f"{' ...' if len(missing) > 5 else ''}; it was generated for a different backbone")
@@ -93,23 +100,49 @@ class PerRowLoRA:
             moved[:] = [(index, device, copy)]
             return copy
 
-        def hook_for(path: str, expert: int | None):
+        def hook_for(path: str, expert: int | None, out_slice: tuple[int, int] | None):
             def hook(module, args, output):
                 x = args[0]
-                index = on_device(rows(x.shape[0]) if callable(rows) else rows, x.device)
+                gathered = token_rows.current()
+                if gathered is None:
+                    index = on_device(rows(x.shape[0]) if callable(rows) else rows, x.device)
+                else:   # rows of a mixture of experts: each row is a token of batch item gathered.items[j]
+                    batch = on_device(rows(gathered.batch_size) if callable(rows) else rows, x.device)
+                    index = batch[gathered.items.to(x.device)]
                 a, b = self.factors(path, expert, x.device, x.dtype)
-                if torch.is_grad_enabled() and any(t.requires_grad for t in (output, x, a, b)):
-                    return output + per_row_lora(x, a, b, index, self.scale).to(output.dtype)   # training
-                return per_row_lora_add_(output, x, a, b, index, self.scale)   # sampling: into the output
+                if torch.is_grad_enabled() and any(t.requires_grad for t in (output, x, a, b)):   # training
+                    delta = per_row_lora(x, a, b, index, self.scale).to(output.dtype)
+                    if out_slice is not None:
+                        delta = F.pad(delta, (out_slice[0], output.shape[-1] - out_slice[1]))
+                    return output + delta
+                target = output if out_slice is None else output[..., out_slice[0]:out_slice[1]]
+                if gathered is None:
+                    per_row_lora_add_(target, x, a, b, index, self.scale)   # sampling: into the output
+                else:
+                    add_per_token_(target, x, a, b, index, self.scale, self.bundle.batch_size)
+                return output
             return hook
 
         try:
-            for module, path, expert in self.targets(root, prefix):
-                handles.append(module.register_forward_hook(hook_for(path, expert)))
+            for module, path, expert, out_slice in self.targets(root, prefix):
+                handles.append(module.register_forward_hook(hook_for(path, expert, out_slice)))
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def add_per_token_(out: Tensor, x: Tensor, A: Tensor, B: Tensor, index: Tensor, scale: float, count: int) -> None:
+    """out (n, d_out) += scale * (x_j A_k^T) B_k^T with k = index[j] for token rows x (n, d_in): the tokens of each
+    LoRA as one row of the per-row kernel (one LoRA: all tokens at once, no per-token copy of its factors)."""
+    if count == 1:
+        per_row_lora_add_(out[None], x[None], A, B, index.new_zeros(1), scale)
+        return
+    for k in range(count):
+        picked = (index == k).nonzero().flatten()
+        if picked.numel():
+            delta = per_row_lora(x[picked][None], A, B, index[picked[:1]], scale)[0]
+            out.index_add_(0, picked, delta.to(out.dtype))
 
 
 @contextmanager

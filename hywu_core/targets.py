@@ -15,8 +15,11 @@ generate. Blocks of different shapes are fine; the tokenizer pads and masks shor
 Grouped experts. Linear modules whose in-block path matches `expert_pattern` (default: a
 numeric component after `experts`, e.g. `mlp.experts.3.w1`) are one role with E members
 (`mlp.experts.w1`, members `mlp.experts.0.w1` ... `mlp.experts.{E-1}.w1`); their LoRA factors
-carry a leading expert axis. A role with no member paths is "virtual": the official release's
-HunyuanImage-3 experts (w1/w2/w3 per expert) are applied by a custom forward, not per module.
+carry a leading expert axis. A role with no member paths is "virtual": the official release names
+HunyuanImage-3's expert LoRA by sub weight (`mlp.experts.w1` / `w2` / `w3`) and applies it in its own
+expert forward. `bind_expert_groups` binds such roles to a model's own expert modules, as the model
+declares them (the port's `expert_lora_slots`); a bound role may write only some output rows of its
+members (`out_slice`: w3 and w1 share each expert's fused gate_and_up_proj, one half each).
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ class TargetModule:
 
     `name` is the path inside the block; for a group, the role name. `members` are the
     in-block paths of the experts, in expert order (empty for single modules and virtual groups).
+    `out_slice` (start, stop): the output rows of the Linear (each member's) that this LoRA writes,
+    stop - start = d_out; None: all of them.
     """
 
     name: str
@@ -63,6 +68,7 @@ class TargetModule:
     d_out: int
     experts: int = 1
     members: tuple[str, ...] = ()
+    out_slice: tuple[int, int] | None = None
 
     def __post_init__(self):
         if not self.name:
@@ -74,6 +80,17 @@ class TargetModule:
         if self.members and len(self.members) != self.experts:
             raise ValueError(f"TargetModule {self.name}: {len(self.members)} member paths for "
                              f"{self.experts} experts; give one path per expert or none")
+        if self.out_slice is not None:
+            start, stop = (int(v) for v in self.out_slice)
+            if start < 0 or stop - start != self.d_out:
+                raise ValueError(f"TargetModule {self.name}: out_slice {tuple(self.out_slice)} must be rows "
+                                 f"[start, start + d_out) with start >= 0 (d_out={self.d_out})")
+            object.__setattr__(self, "out_slice", (start, stop))
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        """The in-block paths of the Linear modules this LoRA writes, one per expert (a single module: its name)."""
+        return self.members if self.members else (self.name,)
 
     @property
     def grouped(self) -> bool:
@@ -146,6 +163,8 @@ class TargetSpec:
                 if m.grouped:
                     entry["experts"] = m.experts
                     entry["members"] = list(m.members)
+                if m.out_slice is not None:
+                    entry["out_slice"] = list(m.out_slice)
                 modules.append(entry)
             blocks.append({"prefix": block.prefix, "modules": modules})
         return json.dumps({"format": _JSON_FORMAT, "version": _JSON_VERSION, "blocks": blocks},
@@ -156,7 +175,8 @@ class TargetSpec:
         data = read_versioned_json(s, _JSON_FORMAT, _JSON_VERSION, "target spec")
         return cls(tuple(
             TargetBlock(b["prefix"], tuple(
-                TargetModule(m["name"], m["d_in"], m["d_out"], m.get("experts", 1), tuple(m.get("members", ())))
+                TargetModule(m["name"], m["d_in"], m["d_out"], m.get("experts", 1), tuple(m.get("members", ())),
+                             tuple(m["out_slice"]) if m.get("out_slice") is not None else None)
                 for m in b["modules"]))
             for b in data["blocks"]))
 
@@ -165,15 +185,13 @@ class TargetSpec:
         problems = []
         for block in self.blocks:
             for m in block.modules:
-                if m.members:
-                    for member in m.members:
-                        problems += _check_linear(diffusion_model, block.path(member), m.d_in, m.d_out)
-                elif m.grouped:
+                if m.grouped and not m.members:
                     parent = block.path(m.name).rpartition(".")[0]
                     if parent and _find_module(diffusion_model, parent) is None:
                         problems.append(f"{parent}: missing (parent of expert group {block.path(m.name)})")
-                else:
-                    problems += _check_linear(diffusion_model, block.path(m.name), m.d_in, m.d_out)
+                    continue
+                for linear in m.linears:
+                    problems += _check_linear(diffusion_model, block.path(linear), m.d_in, m.d_out, m.out_slice)
         if problems:
             shown = "; ".join(problems[:max_report])
             more = f" (and {len(problems) - max_report} more)" if len(problems) > max_report else ""
@@ -239,6 +257,39 @@ class TargetSpec:
         prefix = config["prefix"]
         return cls(tuple(TargetBlock(f"{prefix}{i}", tuple(modules))
                          for i in range(int(config["num_base_model_layers"]))))
+
+
+def bind_expert_groups(spec: TargetSpec, slots: Mapping[str, tuple[str, int, int]] | None) -> TargetSpec:
+    """`spec` with every virtual expert group bound to a model's own expert modules (others unchanged).
+
+    `slots` is what the model declares: {sub weight: (Linear inside an expert, part, parts)}. Role
+    "<group>.<sub>" with E experts then has members "<group>.<e>.<Linear>" and writes output rows
+    [part * d_out, (part + 1) * d_out) of Linears with parts * d_out outputs (parts 1: the whole output)."""
+    virtual = [block.path(m.name) for block in spec.blocks for m in block.modules if m.grouped and not m.members]
+    if not virtual:
+        return spec
+    if not slots:
+        raise TargetMismatchError(
+            f"the LoRA adapts expert groups by sub weight ({virtual[0]} ...), as the official HY-WU release "
+            "does for HunyuanImage-3.0, but this model does not say where such sub weights go; use it with "
+            "HunyuanImage-3.0-Instruct (HYWU's HunyuanImage-3 Loader)")
+    blocks = []
+    for block in spec.blocks:
+        modules = []
+        for m in block.modules:
+            if m.grouped and not m.members:
+                group, _, sub = m.name.rpartition(".")
+                if sub not in slots:
+                    raise TargetMismatchError(f"expert sub weight {sub!r} of {block.path(m.name)} is not one this "
+                                              f"model defines ({', '.join(slots)}); the LoRA was made for another "
+                                              "backbone")
+                linear, part, parts = slots[sub]
+                out_slice = (part * m.d_out, (part + 1) * m.d_out) if parts > 1 else None
+                m = TargetModule(m.name, m.d_in, m.d_out, m.experts,
+                                 tuple(f"{group}.{e}.{linear}" for e in range(m.experts)), out_slice)
+            modules.append(m)
+        blocks.append(TargetBlock(block.prefix, tuple(modules)))
+    return TargetSpec(tuple(blocks))
 
 
 def derive_targets(diffusion_model, include: list[str] | None = None, exclude: list[str] | None = None,
@@ -353,12 +404,17 @@ def _find_module(model, path: str):
         return None
 
 
-def _check_linear(model, path: str, d_in: int, d_out: int) -> list[str]:
+def _check_linear(model, path: str, d_in: int, d_out: int, out_slice: tuple[int, int] | None = None) -> list[str]:
     module = _find_module(model, path)
     if module is None:
         return [f"{path}: missing"]
     if not _is_linear(module):
         return [f"{path}: is a {type(module).__name__}, not a Linear"]
+    if out_slice is not None:
+        if module.in_features != d_in or module.out_features < out_slice[1]:
+            return [f"{path}: shape differs, model has (d_in={module.in_features}, d_out={module.out_features}), "
+                    f"spec writes (d_in={d_in}, output rows {out_slice[0]}..{out_slice[1] - 1})"]
+        return []
     if (module.in_features, module.out_features) != (d_in, d_out):
         return [f"{path}: shape differs, model has (d_in={module.in_features}, d_out={module.out_features}), "
                 f"spec has (d_in={d_in}, d_out={d_out})"]

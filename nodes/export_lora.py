@@ -1,11 +1,11 @@
-"""Generated LoRAs as ordinary ComfyUI LoRAs: LORA_MODEL for the stock nodes, or a file in models/loras."""
-import os
-
+"""Generated LoRAs as files: ComfyUI LoRAs (LORA_MODEL for the stock nodes, or a file in models/loras), or the
+official release's output dict in the output folder."""
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from hywu_core.lora_files import check_filename_prefix, comfy_state_dict, save_comfy_lora
+from hywu_core.lora_files import comfy_state_dict, save_comfy_lora, save_official_lora
 
+from .save_paths import numbered_file, output_file_ref
 from .types import HYWULoRA, LoraModel
 
 
@@ -48,15 +48,31 @@ class HYWUSaveLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, lora, index: int, filename_prefix: str) -> io.NodeOutput:
         row = lora.check_index(index)
-        check_filename_prefix(filename_prefix)
-        loras_dir = os.path.abspath(folder_paths.get_folder_paths("loras")[0])
-        try:
-            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, loras_dir)
-        except Exception as error:
-            raise ValueError(f"filename_prefix {filename_prefix!r} leaves the LoRA folder {loras_dir}: "
-                             "use a relative path such as 'hywu/my_edit'") from error
-        os.makedirs(folder, exist_ok=True)
-        file_name = f"{name}_{counter:05}_.safetensors"
-        save_comfy_lora(os.path.join(folder, file_name), lora.bundle, row, lora.items[row])
-        relative = os.path.join(subfolder, file_name).replace(os.sep, "/")
+        path, relative = numbered_file(filename_prefix, folder_paths.get_folder_paths("loras")[0], "LoRA folder")
+        save_comfy_lora(path, lora.bundle, row, lora.items[row])
         return io.NodeOutput(relative, ui={"text": [f"saved models/loras/{relative}"]})
+
+
+class HYWUSaveOfficialLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HYWUSaveOfficialLoRA",
+            display_name="HYWU Save LoRA (official format)",
+            category="HY-WU",
+            description="Write the whole batch of generated LoRAs to the output folder in the official release's "
+                        "key names ('<module>.lora_A' / '.lora_B' with the batch axis first, and 'scale'), as "
+                        "`./hywu generate-lora --format official` does: for inspection and other tools, not for "
+                        "LoraLoader.",
+            is_output_node=True,
+            inputs=[HYWULoRA.Input("lora"),
+                    io.String.Input("filename_prefix", default="hywu/hywu_lora_official",
+                                    tooltip="path under the output folder; a counter is appended")],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, lora, filename_prefix: str) -> io.NodeOutput:
+        path, relative = numbered_file(filename_prefix, folder_paths.get_output_directory(), "output folder")
+        save_official_lora(path, lora.bundle)
+        return io.NodeOutput(ui={"hywu_files": [output_file_ref(relative)], "text": [f"saved output/{relative}"]})

@@ -11,7 +11,8 @@ from hywu_core.tools.workflow_ui import api_to_ui, check_against_object_info, sa
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 API_TWINS = sorted((WORKFLOWS / "api").glob("*.json"))
 REAL_BACKBONE = {"hywu_qwen_image_edit",  # weights not here: checked against /object_info only
-                 "hunyuan3_edit"}         # runs on the tiny HunyuanImage-3 checkpoint: tests/hunyuan3/test_server.py
+                 "hunyuan3_edit",         # runs on the tiny HunyuanImage-3 checkpoint: tests/hunyuan3/test_server.py
+                 "hywu_hunyuan3_edit", "hywu_hunyuan3_diagnostics"}   # tests/hunyuan3/test_hywu_server.py
 
 
 def test_every_api_workflow_has_a_ui_twin_and_a_note():

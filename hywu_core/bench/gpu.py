@@ -7,6 +7,11 @@
     generator  the official release's generator shape (d_model 4096, 24 layers, dim_accumulation 4,
                rank 16, token_dim 1024, over HunyuanImage-3's targets with 64 grouped experts per
                layer; random weights, bf16): seconds per generated LoRA and peak memory
+    hunyuan3_hywu  that generator on a condition of ~3000 tokens x 4096 against one real-width HunyuanImage-3
+               decoder layer (64 experts top-8, random weights, bf16) over a cached step of a 1024x1024 edit
+               (4096 image tokens, CFG batch 2), scaled to 32 layers: generator / step, the per-step cost of
+               the injected LoRA, the projected end-to-end overhead at 50 steps, and the generator's peak
+               memory (bench.hunyuan3_hywu)
     tests      the suite's CUDA-only tests (pytest -m cuda)
 
 Each part runs on its own: an error is written into its JSON entry and the next part still runs.
@@ -30,35 +35,22 @@ from pathlib import Path
 
 import torch
 
-from hywu_core.bench import real_width
+from hywu_core.bench import hunyuan3_hywu, real_width
 from hywu_core.bench.kernels import DEFAULT_SHAPES, KernelShape, run_kernel_benchmarks
 from hywu_core.bench.timing import interleaved
 from hywu_core.condition import Condition
 from hywu_core.generator import Generator
+from hywu_core.generator_files import RELEASE_CONFIG
 from hywu_core.nnt import NNTConfig
 from hywu_core.targets import TargetSpec
 from hywu_core.tokenizer import make_layout
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ("kernels", "linear", "stack", "generator", "tests")
+PARTS = ("kernels", "linear", "stack", "generator", "hunyuan3_hywu", "tests")
 
-# The release's generator configuration (sizes of wu/config.py) with HunyuanImage-3.0's target shapes.
-OFFICIAL_GENERATOR = {
-    "token_dim": 1024, "rank": 16, "alpha": 64, "input_dim": 4096, "dim_accumulation": 4, "d_model": 4096,
-    "head_dim": 128, "num_base_model_layers": 32, "output_dim": 1024, "num_pg_layers": 24,
-    "prefix": "model.layers.",
-    "pg_mapping": {
-        "self_attn.qkv_proj": {"lora_A_dim": 4096, "lora_B_dim": 6144},
-        "self_attn.o_proj": {"lora_A_dim": 4096, "lora_B_dim": 4096},
-        "mlp.shared_mlp.gate_and_up_proj": {"lora_A_dim": 4096, "lora_B_dim": 6144},
-        "mlp.shared_mlp.down_proj": {"lora_A_dim": 3072, "lora_B_dim": 4096},
-        "mlp.experts": {"type": "grouped", "num_experts": 64,
-                        "sub_weights": {"w1": {"lora_A_dim": 4096, "lora_B_dim": 3072},
-                                        "w2": {"lora_A_dim": 3072, "lora_B_dim": 4096},
-                                        "w3": {"lora_A_dim": 4096, "lora_B_dim": 3072}}},
-    },
-}
+OFFICIAL_GENERATOR = RELEASE_CONFIG    # the release's generator sizes, HunyuanImage-3.0's target shapes
 CONDITION_TOKENS = 2048      # a prompt with one input image: the HunyuanImage-3 prefill the generator reads
+HYWU_CONDITION_TOKENS = 3000  # an edit's img_ratio prefill (system prompt, input images, prompt, CoT)
 DRY_GENERATOR = {
     "token_dim": 16, "rank": 4, "alpha": 8, "input_dim": 32, "dim_accumulation": 2, "d_model": 32,
     "head_dim": 8, "num_base_model_layers": 2, "output_dim": 16, "num_pg_layers": 2, "prefix": "model.layers.",
@@ -177,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cpu" if args.dry_run else f"cuda:{torch.cuda.current_device()}"
     dtype = torch.float32 if args.dry_run else torch.bfloat16
+    generator_config = DRY_GENERATOR if args.dry_run else OFFICIAL_GENERATOR
     report = {"command": "./hywu bench --gpu" + (" --dry-run" if args.dry_run else ""),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": device_name(), "torch": torch.__version__, "dry_run": args.dry_run}
@@ -190,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         "linear": lambda: real_width.bench_linear(DRY_LINEAR if args.dry_run else GPU_LINEAR,
                                                   repeats=2 if args.dry_run else 10, dtype=dtype, device=device),
         "stack": lambda: stack_with_comfy(DRY_STACK if args.dry_run else GPU_STACK, 2 if args.dry_run else 5, dtype),
-        "generator": lambda: bench_generator(DRY_GENERATOR if args.dry_run else OFFICIAL_GENERATOR,
-                                             16 if args.dry_run else CONDITION_TOKENS,
+        "generator": lambda: bench_generator(generator_config, 16 if args.dry_run else CONDITION_TOKENS,
                                              repeats=2 if args.dry_run else 3, device=device, dtype=dtype),
+        "hunyuan3_hywu": lambda: hunyuan3_hywu.bench_real_width(
+            official_shape_generator(generator_config, device, dtype), generator_config["num_base_model_layers"],
+            hunyuan3_hywu.DRY_LAYER if args.dry_run else hunyuan3_hywu.REAL_WIDTH_LAYER,
+            16 if args.dry_run else HYWU_CONDITION_TOKENS, 4 if args.dry_run else 64,
+            repeats=2 if args.dry_run else 5, device=device, dtype=dtype),
         "tests": lambda: cuda_tests(args.dry_run),
     }
     started = time.perf_counter()

@@ -14,6 +14,9 @@ Every figure is a ratio of timings taken in the same run, interleaved (base, mer
                   restore) over the base run, cache off and on; the paper reports 6.7 % (bench.end_to_end)
     hunyuan3_prefix_cache  a HunyuanImage-3 step after the first (prefix K/V reused) over the first step,
                   on a random transformer of the tiny checkpoint's shape (bench.hunyuan3_cache)
+    hunyuan3_hywu  HY-WU's generation cost on the tiny HunyuanImage-3 checkpoint with the real edit request:
+                  condition and generator over a step, the per-step cost of the LoRA (dynamic, merged), end to
+                  end at the checkpoint's step count and projected at 50 (bench.hunyuan3_hywu)
     generator     NNT generation, factorized vs full attention, across growing (l, s, r); and where
                   the time goes at Table 2's shape, at width 64 and at a width where FLOPs dominate
                   (bench.generator_parts)
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from hywu_core.bench import end_to_end, generator_parts, hunyuan3_cache, real_width
+from hywu_core.bench import end_to_end, generator_parts, hunyuan3_cache, hunyuan3_hywu, real_width
 from hywu_core.bench.attention import QUICK_SHAPES, SHAPES, TABLE2, bench_attention, print_rows, table2_layout
 from hywu_core.bench.kernels import run_kernel_benchmarks
 from hywu_core.bench.timing import interleaved, timed
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"HunyuanImage-3 prefix cache ({row['tokens']} tokens): a later step costs {row['later_over_first']:.3f}x "
           f"the first ({row['ms']['later step']:.1f} vs {row['ms']['first step']:.1f} ms), max |diff| vs a full "
           f"recompute {row['max_abs_diff_vs_full']:.1e}")
+    report["hunyuan3_hywu"] = hunyuan3_hywu.bench_hywu(1 if quick else repeats)
+    hunyuan3_hywu.print_hywu(report["hunyuan3_hywu"])
     report["generator"] = bench_attention(QUICK_SHAPES if quick else SHAPES, repeats)
     print("generator, factorized vs full attention (width 64, depth 2)")
     print_rows(report["generator"])

@@ -9,16 +9,22 @@ The plain-PyTorch port lives in hywu_core.hunyuan3; this module only fits it to 
 - Conditioning: each CONDITIONING entry carries one prepared sequence (hywu_core.hunyuan3.inputs.
   StepInputs) under the key `hunyuan3`; `Hunyuan3Cond` batches rows for ComfyUI's cond/uncond batch.
 - The denoiser reuses the sequence prefix's attention K/V across the steps of one sampling run
-  (hywu_core.hunyuan3.prefix_cache); a new run, which is where ComfyUI re-applies a changed set of
-  weight patches, always recomputes it.
+  (HunyuanImage3Transformer.denoise); a new run, which is where ComfyUI re-applies a changed set of
+  weight patches or a HY-WU LoRA wrapper, always recomputes it. The run is named by a fresh object that
+  an OUTER_SAMPLE wrapper, registered on the loader's MODEL (and so on every clone), puts into the run's
+  transformer_options.
 - VAE: a comfy.sd.VAE around the port's autoencoder (latent channels and the 16x downscale from the
   folder's config), so the stock VAE Decode / VAE Encode nodes work.
 
 ComfyUI facts (0.3.75) this depends on, kept as few as possible:
 - BaseModel(model_config, model_type, unet_model=cls) builds `cls(**model_config.unet_config,
   device=..., operations=comfy.ops...)`; `_apply_model` passes extra conds that are neither tensors
-  nor lists unchanged, and `transformer_options["sample_sigmas"]` is a new tensor for each sampling
-  run (set in comfy.samplers.sample).
+  nor lists unchanged.
+- `transformer_options["sample_sigmas"]` does not name a run: two samplers fed by one scheduler node get
+  the same sigmas tensor (the base and HY-WU branches of a workflow do). CFGGuider.sample clones its
+  model_options for each run and runs the OUTER_SAMPLE wrappers (the patcher's, merged in by
+  comfy.sampler_helpers.prepare_model_patcher) with itself as `executor.class_obj`; what a wrapper puts
+  into `class_obj.model_options["transformer_options"]` reaches the model's forward for that run only.
 - CONDRegular subclasses decide batching through can_concat / concat and are repeated to the latent
   batch through process_cond(batch_size=...).
 - comfy.sd.VAE has no constructor for an unknown autoencoder; built for the "pixel_space_vae" key
@@ -26,10 +32,12 @@ ComfyUI facts (0.3.75) this depends on, kept as few as possible:
   latent channels, memory estimates, the ModelPatcher) are then replaced here.
 """
 import functools
+import hashlib
 from types import SimpleNamespace
 
 import torch
 
+from hywu_core.condition import Condition
 from hywu_core.hunyuan3 import cot
 from hywu_core.hunyuan3.config import FolderError, open_folder
 from hywu_core.hunyuan3.inputs import StepInputs
@@ -38,6 +46,7 @@ from hywu_core.hunyuan3.request import RequestBuilder, initial_noise
 from hywu_core.hunyuan3.vae import HunyuanVAE
 
 COND_KEY = "hunyuan3"
+RUN_KEY = "hunyuan3_run"
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": torch.float8_e4m3fn}
 
@@ -91,7 +100,7 @@ def _comfy_types():
             if inputs is None:
                 raise ValueError("HunyuanImage-3 needs its own conditioning: connect the HunyuanImage-3 Conditioning "
                                  "node's positive / negative outputs to the sampler")
-            run = (transformer_options or {}).get("sample_sigmas")
+            run = (transformer_options or {}).get(RUN_KEY)
             return self.denoise(x, timesteps, inputs.to(x.device, x.dtype), run=run)
 
 
@@ -138,6 +147,7 @@ def load_model(folder, weight_dtype="default"):
     """MODEL (a ModelPatcher) from a HunyuanImage-3 folder; every diffusion weight must load."""
     import comfy.model_management as mm
     import comfy.model_patcher
+    import comfy.patcher_extension
 
     if isinstance(folder, str):
         folder = open_folder(folder)
@@ -159,7 +169,16 @@ def load_model(folder, weight_dtype="default"):
                                                                 model_config.supported_inference_dtypes))
     model = model_config.get_model({})
     model.diffusion_model.load_weights(state_dict, dtype=dtype)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RUN_KEY, _name_the_run)
+    return patcher
+
+
+def _name_the_run(executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a fresh object per sampling run in its transformer_options, which keys the prefix
+    K/V cache (see the module docstring)."""
+    executor.class_obj.model_options.setdefault("transformer_options", {})[RUN_KEY] = object()
+    return executor(*args, **kwargs)
 
 
 class _FirstStage(torch.nn.Module):
@@ -272,6 +291,26 @@ def request_of(positive):
             return options["hunyuan3_request"]
     raise ValueError("this CONDITIONING does not come from the HunyuanImage-3 Conditioning node: connect its "
                      "positive output")
+
+
+def encode_condition(model, positive):
+    """HY-WU's condition for the request behind `positive` (the official generator's input): the last decoder
+    layer's output before ln_f over the request's img_ratio prefill (system prompt, input images, prompt, CoT,
+    `<answer><boi><img_size_B>`), (1, tokens, hidden) float32, computed by the MODEL as ComfyUI loads it (the
+    loader's MODEL: no LoRA, as the release computes it)."""
+    import comfy.model_management as mm
+
+    prepared = request_of(positive)
+    mm.load_models_gpu([model])
+    dtype = model.model.manual_cast_dtype or model.model.get_dtype()
+    with torch.no_grad():
+        states = model.model.diffusion_model.prefill_states(prepared.ratio.to(model.load_device, dtype), dtype)
+    digest = hashlib.sha256(prepared.ratio.input_ids.cpu().numpy().tobytes())
+    for latent in prepared.ratio.cond_latents:
+        digest.update(latent.float().cpu().numpy().tobytes())
+    return Condition(tokens=states.float(), mask=torch.ones(states.shape[:2], dtype=torch.bool, device=states.device),
+                     instructions=(prepared.prompt,), sources=(digest.hexdigest()[:16],),
+                     encoder=f"HunyuanImage-3 ({prepared.model_name})")
 
 
 def generate_cot(model, encoder, prompt, images=(), system_prompt=None, mode="think", max_new_tokens=1024,

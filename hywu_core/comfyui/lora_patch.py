@@ -37,22 +37,27 @@ import torch
 from hywu_core.checks import finite
 from hywu_core.lora import LoRABundle
 from hywu_core.lora_inject import PerRowLoRA
+from hywu_core.targets import bind_expert_groups
 
 DIFFUSION_PREFIX = "diffusion_model."
 MODES = ("auto", "merge", "dynamic")
 
 
-def verify_model(model, bundle: LoRABundle) -> None:
-    """A clear error when the LoRA was generated for another backbone (names the first mismatches)."""
-    bundle.spec.verify(model.model.diffusion_model)
+def bound_to(model, bundle: LoRABundle) -> LoRABundle:
+    """The bundle on this model's modules: expert groups named by sub weight (the official release's) bound to the
+    model's expert Linears as the model declares them (`expert_lora_slots`, targets.bind_expert_groups), then
+    checked, with a clear error naming the first mismatches when the LoRA was generated for another backbone."""
+    diffusion = model.model.diffusion_model
+    spec = bind_expert_groups(bundle.spec, getattr(diffusion, "expert_lora_slots", None))
+    spec.verify(diffusion)
+    return bundle if spec is bundle.spec else LoRABundle(spec, bundle.rank, bundle.alpha, bundle.A, bundle.B)
 
 
 def apply_merge(model, bundle: LoRABundle, item: int = 0, strength: float = 1.0):
     """A clone of `model` with LoRA `item` as weight patches, loaded and unloaded by ComfyUI like a stock LoRA."""
     import comfy.lora
 
-    verify_model(model, bundle)
-    state_dict = bundle.to_comfy_state_dict(item, prefix=DIFFUSION_PREFIX)
+    state_dict = bound_to(model, bundle).to_comfy_state_dict(item, prefix=DIFFUSION_PREFIX)
     stems = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in state_dict}
     # load_lora tries every weight adapter on every key map entry: only ours can match, so only ours go in
     key_map = {k: v for k, v in comfy.lora.model_lora_keys_unet(model.model, {}).items() if k in stems}
@@ -95,8 +100,7 @@ def apply_dynamic(model, bundle: LoRABundle, strength: float = 1.0):
     """A clone of `model` that adds LoRA i to latent row i (one LoRA: to every row) in the forward pass."""
     import comfy.patcher_extension
 
-    verify_model(model, bundle)
-    injection = PerRowLoRA(bundle, strength)
+    injection = PerRowLoRA(bound_to(model, bundle), strength)
     count = bundle.batch_size
 
     def apply_model_wrapper(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):

@@ -5,7 +5,11 @@ weights), so they are exactly what the loader will hold; bytes follow per storag
 sampling time are dominated by the attention keys / values of the whole sequence, which the prefix cache
 keeps for every layer: 2 (K, V) x layers x kv_heads x head_dim per token and CFG row.
 
-    python -m hywu_core.hunyuan3.memory [MODEL_DIR] [--tokens N]
+    python -m hywu_core.hunyuan3.memory [MODEL_DIR] [--tokens N] [--generator GENERATOR_DIR]
+
+HY-WU adds the official generator (counted the same way from its config.json, or from the release's sizes,
+generator_files.RELEASE_CONFIG) and the LoRA it writes; `configurations` sums what must be resident on the
+GPU in each way of running it.
 
 Without MODEL_DIR it uses RELEASE_SHAPES: the trunk shapes the official HY-WU generator's target map fixes
 (hidden 4096, 32 layers, qkv 4096 -> 6144 = (32 + 2 x 8) heads x 128, 64 experts of 3072, a shared MLP of
@@ -18,8 +22,11 @@ import argparse
 
 import torch
 
+from hywu_core.generator import Generator
+from hywu_core.generator_files import RELEASE_CONFIG, official_parts
 from hywu_core.hunyuan3.decoder import head_dim
 from hywu_core.hunyuan3.model import HunyuanImage3Transformer
+from hywu_core.lora import factor_shapes
 
 RELEASE_SHAPES = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                   "attention_head_dim": 128, "vocab_size": 290943, "num_experts": 64, "moe_topk": 8,
@@ -73,9 +80,39 @@ def table(config: dict, tokens: int, rows: int = 2) -> list[tuple[str, str]]:
     return lines
 
 
+def generator_counts(cfg: dict) -> dict[str, int]:
+    """Parameters of the official generator of config.json `cfg` (built on the meta device) and elements of one
+    LoRA it writes (A and B of every target, experts included)."""
+    config, spec, layout, alpha = official_parts(cfg)
+    with torch.device("meta"):
+        generator = Generator(config, layout, alpha)
+    lora = sum(torch.Size(shape).numel() for _, module in spec.items() for shape in factor_shapes(module, cfg["rank"]))
+    return {"generator": sum(p.numel() for p in generator.parameters()), "lora": lora}
+
+
+def configurations(config: dict, generator_cfg: dict, tokens: int, rows: int = 2) -> list[tuple[str, str]]:
+    """GiB resident on the GPU while the generator runs and while sampling, per way of running HY-WU: weights
+    (transformer; generator in bf16), the LoRA (bf16), and the sampling run's keys/values (bf16). Activations
+    of one layer, the VAE and the vision tower come on top."""
+    transformer = parameter_counts(config)["transformer"]
+    gen = generator_counts(generator_cfg)
+    kv = kv_bytes_per_token(config) * tokens * rows / GIB
+    generator_bytes, lora = gen["generator"] * 2 / GIB, gen["lora"] * 2 / GIB
+    lines = []
+    for name, weights, released in (("bf16 backbone, generator kept", transformer * 2 / GIB, False),
+                                    ("fp8 backbone, generator kept", transformer / GIB, False),
+                                    ("fp8 backbone, generator released before sampling", transformer / GIB, True)):
+        generating = weights + generator_bytes + lora
+        sampling = weights + lora + kv + (0 if released else generator_bytes)
+        lines.append((name, f"generating {generating:.1f} GiB, sampling {sampling:.1f} GiB"))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="a HunyuanImage-3 folder (default: RELEASE_SHAPES)")
+    parser.add_argument("--generator", default=None,
+                        help="an official HY-WU generator folder (default: the release's sizes)")
     parser.add_argument("--tokens", type=int, default=None,
                         help="sequence length (default: a 1024x1024 edit of one 1024x1024 image plus 3000 tokens "
                              "of system prompt, instruction and CoT)")
@@ -88,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         config = RELEASE_SHAPES
     tokens = args.tokens or 2 * image_tokens(config) + 3000
     for what, value in table(config, tokens):
+        print(f"{what:55s} {value}")
+    if args.generator:
+        import json
+        from pathlib import Path
+
+        generator_cfg = json.loads((Path(args.generator) / "config.json").read_text())
+    else:
+        generator_cfg = RELEASE_CONFIG
+    gen = generator_counts(generator_cfg)
+    print(f"{'HY-WU generator':55s} {gen['generator'] / 1e9:.2f} B params: {gen['generator'] * 2 / GIB:.1f} GiB bf16")
+    print(f"{'one generated LoRA':55s} {gen['lora'] / 1e6:.1f} M values: {gen['lora'] * 2 / GIB:.3f} GiB bf16")
+    for what, value in configurations(config, generator_cfg, tokens):
         print(f"{what:55s} {value}")
     return 0
 

@@ -30,6 +30,7 @@ from hywu_core.hunyuan3.decoder import (
     gather_tokens,
 )
 from hywu_core.hunyuan3.image_embed import image_modules
+from hywu_core.hunyuan3.moe import EXPERT_LORA_SLOTS
 
 DIFFUSION_PREFIXES = ("model.", "lm_head.", "timestep_emb.", "guidance_emb.", "timestep_r_emb.", "patch_embed.",
                       "time_embed.", "final_layer.", "time_embed_2.")
@@ -38,6 +39,8 @@ MAX_CACHED_BATCHES = 4      # cond and uncond may come as separate batches; one 
 
 class HunyuanImage3Transformer(nn.Module):
     """The trunk, lm_head and image-side modules of config.json (a dict), built through `ops`."""
+
+    expert_lora_slots = EXPERT_LORA_SLOTS     # where the official HY-WU expert LoRA goes (moe.py)
 
     def __init__(self, config, ops=nn, dtype=None, device=None):
         super().__init__()
@@ -94,6 +97,12 @@ class HunyuanImage3Transformer(nn.Module):
         h.scatter_(1, inputs.timestep_slot[..., None].expand(-1, -1, d),
                    self.timestep_emb(t, dtype=x.dtype)[:, None])
         return h
+
+    def prefill_states(self, inputs, dtype):
+        """The last decoder layer's output before ln_f (B, L, hidden) over prompt rows without a generated image:
+        over the img_ratio prefill it is HY-WU's condition, what the official generator reads."""
+        cos, sin = self.model.rope(inputs.positions)
+        return self.model(self.embed_context(inputs, dtype), inputs.attention_mask, cos, sin).last_layer
 
     # -- the step ----------------------------------------------------------------------------------------------
 

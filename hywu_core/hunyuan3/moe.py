@@ -7,6 +7,9 @@
   renormalises those k weights to sum to one; each token's output is the weighted sum of its k experts
   (`experts.{e}`) plus, with `use_mixed_mlp_moe`, the shared MLP (`shared_mlp`) that every token goes through.
   Every routed token is computed (no capacity limit, no dropping), one expert at a time.
+- `EXPERT_LORA_SLOTS`: where HY-WU's official expert LoRA goes (targets.bind_expert_groups): sub weight w3 writes
+  the first half of each expert's gate_and_up_proj outputs, w1 the second half, w2 its down_proj. While an expert
+  runs, `token_rows.current()` gives the batch item of each of its tokens, so a per-item LoRA can follow them.
 - `feed_forward`: which of the two a layer holds, and its sizes, from config.json as the release reads it: MoE
   when num_experts > 1 and the layer index is at least `moe_layer_num_skipped`, else a dense MLP of
   `intermediate_size`. `num_experts`, `moe_topk`, `moe_intermediate_size` and `num_shared_expert` may be
@@ -15,6 +18,10 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hywu_core.token_rows import gathered_from
+
+EXPERT_LORA_SLOTS = {"w3": ("gate_and_up_proj", 0, 2), "w1": ("gate_and_up_proj", 1, 2), "w2": ("down_proj", 0, 1)}
 
 
 def per_layer(value, layer_idx):
@@ -73,7 +80,15 @@ class MoE(nn.Module):
         counts = torch.bincount(experts.flatten(), minlength=len(self.experts)).tolist()
         token_of = order // top_k
         inputs = tokens[token_of].split(counts)
-        outputs = torch.cat([expert(part) if len(part) else part for expert, part in zip(self.experts, inputs)])
+        batch = x.shape[0] if x.dim() > 2 else tokens.shape[0]
+        items = (token_of // (tokens.shape[0] // batch)).split(counts)
+        outputs = []
+        for expert, part, part_items in zip(self.experts, inputs, items):
+            if len(part):
+                with gathered_from(part_items, batch):
+                    part = expert(part)
+            outputs.append(part)
+        outputs = torch.cat(outputs)
         outputs = outputs * weights.flatten()[order].to(tokens.dtype).unsqueeze(-1)
         return torch.zeros_like(tokens).index_add_(0, token_of, outputs).view_as(x)
 

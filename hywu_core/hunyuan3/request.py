@@ -5,12 +5,14 @@ nearest-ratio bucket (its VAE copy) and through SigLIP2's naflex preprocessing (
 encodes the first copy and draws its posterior sample from the request's seeded generator; the vision
 tower and aligner embed the second; the prompt builder lays out the token sequence around them. The
 result is one conditioned row and its unconditioned twin (prompt and CoT tokens replaced by `<cfg>`),
-plus the generated image's latent grid.
+plus the generated image's latent grid, and the img_ratio prefill row of the same request (system prompt, images,
+prompt and CoT, then `<answer><boi><img_size_B>`), over which HY-WU reads its condition.
 
 Randomness follows the release exactly: one CPU `torch.Generator` seeded with the request's seed
 draws, in order, each input image's posterior noise (float32, image order) and then the initial
 latent noise (drawn in bfloat16, then widened): `initial_noise` replays that order.
 """
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -39,10 +41,13 @@ from hywu_core.hunyuan3.vision import VISION_PREFIXES, VisionEncoder
 class Prepared:
     cond: StepInputs                 # one row
     uncond: StepInputs               # its twin with `<cfg>` in place of prompt and CoT
+    ratio: StepInputs                # the img_ratio prefill of the same request (HY-WU's condition is read there)
     latent_shape: tuple              # (1, C, H, W) model latent of the generated image
     posterior_shapes: tuple          # the VAE posterior draws made before the initial noise, in order
     seed: int
     size: tuple                      # (height, width) in pixels of the generated image
+    prompt: str = ""
+    model_name: str = ""             # the model folder's name
 
     def initial_noise(self):
         """The release's initial latent noise for this request's seed (see the module docstring)."""
@@ -100,16 +105,19 @@ class RequestBuilder:
         gen = sequence.blocks_of("gen")[0]
         rows = [self._row(sequence, ids, latents, vit, (gen.start, gen.stop), gen.timestep, grid, (key, which))
                 for ids, which in ((sequence.input_ids, "cond"), (sequence.uncond_ids, "uncond"))]
+        ratio = self.prompts.ratio(prompt, specs, system_prompt=self.system_prompt(system_prompt), cot=cot_text or None)
         latent_channels = int(self.folder.config["vae"]["latent_channels"])
-        return Prepared(cond=rows[0], uncond=rows[1], latent_shape=(1, latent_channels, *grid),
-                        posterior_shapes=tuple(shapes), seed=int(seed), size=(bucket.height, bucket.width))
+        return Prepared(cond=rows[0], uncond=rows[1], ratio=self._row(ratio, ratio.input_ids, latents, vit),
+                        latent_shape=(1, latent_channels, *grid),
+                        posterior_shapes=tuple(shapes), seed=int(seed), size=(bucket.height, bucket.width),
+                        prompt=prompt, model_name=os.path.basename(os.path.normpath(self.folder.path)))
 
     @torch.no_grad()
     def prepare_cot(self, prompt, images=(), system_prompt=None, mode="think", seed=0):
         """The one-row prompt the model continues with its CoT (`mode` "think" or "recaption")."""
         specs, latents, _, vit = self._images(images, crop=True, seed=seed)
         sequence = self.prompts.cot(prompt, specs, system_prompt=self.system_prompt(system_prompt), mode=mode)
-        return self._row(sequence, sequence.input_ids, latents, vit, (0, 0), None, (0, 0), None)
+        return self._row(sequence, sequence.input_ids, latents, vit)
 
     def _images(self, images, crop, seed):
         """(InputImage specs, model latents, posterior shapes, ViT embeddings) of the input images, the posterior
@@ -140,7 +148,7 @@ class RequestBuilder:
         return self.vision(pixels, mask, shapes).float().cpu().reshape(1, -1, hidden)
 
     @staticmethod
-    def _row(sequence, ids, latents, vit, image_span, timestep, grid, key):
+    def _row(sequence, ids, latents, vit, image_span=(0, 0), timestep=None, grid=(0, 0), key=None):
         return StepInputs(
             input_ids=ids[None], attention_mask=sequence.attention_mask(batch=1).clone(),
             positions=sequence.rope_yx[None], cond_latents=tuple(latents),

@@ -7,9 +7,15 @@ are the folder's generation_config.json values (the Loader reads them), as in th
 Without --cot-text the model writes its CoT first (the CoT node, greedy, think mode); with it, that text is
 used as given (an empty string: no CoT).
 
+With --generator (an official HY-WU generator folder, linked into the server's models/hywu) it runs
+workflows/api/hywu_hunyuan3_edit.json instead, which samples the same request and noise twice: OUT/base.png
+without the LoRA, OUT/edit.png with the LoRA the generator wrote for this request; OUT/condition.safetensors
+holds the generator's input (key "condition", (batch, tokens, hidden)) and OUT/lora.safetensors its output in
+the official key names (as `./hywu generate-lora --format official` writes it).
+
 Interface (a contract; other tools call it):
     ./hywu hunyuan3-edit --model DIR --prompt TEXT [--image A.png ...] [--cot-text TEXT]
-                         [--system-prompt NAME] --seed N --image-size HxW --out DIR
+                         [--system-prompt NAME] --seed N --image-size HxW [--generator DIR] --out DIR
 """
 from __future__ import annotations
 
@@ -20,11 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hywu_core.tools.comfy_client import ComfyClient, PromptFailed, PromptRejected
+from hywu_core.tools.comfy_client import ComfyClient, ImageRef, PromptFailed, PromptRejected
 from hywu_core.tools.comfy_server import ComfyServer, ServerError
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "hunyuan3_edit.json"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
+WORKFLOW, HYWU_WORKFLOW = WORKFLOWS / "hunyuan3_edit.json", WORKFLOWS / "hywu_hunyuan3_edit.json"
 LOADER, CONDITIONING, SAVE, PROMPT, COT = "3", "4", "11", "12", "13"
+GENERATOR, SAVE_HYWU, SAVE_CONDITION, SAVE_LORA = "14", "21", "22", "23"
 IMAGE_NODES = ("1", "2")
 IMAGE_INPUTS = ("image_1", "image_2", "image_3")
 MAX_IMAGES = 3
@@ -43,13 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help="a named system prompt")
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--image-size", required=True, help="HxW, e.g. 1024x1024 (or 'auto')")
+    parser.add_argument("--generator", type=Path, default=None,
+                        help="an official HY-WU generator folder (config.json + model.safetensors): also writes "
+                             "OUT/edit.png, OUT/condition.safetensors and OUT/lora.safetensors")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     return parser
 
 
-def edit_prompt(args, uploaded: list[str], folder_name: str) -> dict:
+def edit_prompt(args, uploaded: list[str], folder_name: str, generator_name: str | None = None) -> dict:
     """The API workflow for this request: images 1..n loaded, the rest of the Load Image nodes removed."""
-    prompt = json.loads(WORKFLOW.read_text())
+    prompt = json.loads((HYWU_WORKFLOW if generator_name else WORKFLOW).read_text())
     extra = [str(i) for i in range(100, 100 + MAX_IMAGES)]
     nodes = list(IMAGE_NODES) + extra[len(IMAGE_NODES):]
     conditioning, cot = prompt[CONDITIONING]["inputs"], prompt[COT]["inputs"]
@@ -69,6 +80,8 @@ def edit_prompt(args, uploaded: list[str], folder_name: str) -> dict:
         conditioning["cot_text"] = args.cot_text
     prompt[LOADER]["inputs"]["model_folder"] = folder_name
     prompt[SAVE]["inputs"]["filename_prefix"] = "base"
+    if generator_name:
+        prompt[GENERATOR]["inputs"]["generator"] = generator_name
     return prompt
 
 
@@ -80,7 +93,31 @@ def check(args) -> str | None:
             return f"--image {image}: no such file"
     if not (args.model / "config.json").is_file():
         return f"--model {args.model}: no config.json there; give the HunyuanImage-3.0-Instruct folder"
+    if args.generator is not None and not (args.generator / "config.json").is_file():
+        return f"--generator {args.generator}: no config.json there; give the official HY-WU generator folder"
     return None
+
+
+def link_folder(root: Path, folder: Path) -> str:
+    """`folder` linked into the models subfolder `root` under its own name; returns that name."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / folder.resolve().name).symlink_to(folder.resolve(), target_is_directory=True)
+    return folder.resolve().name
+
+
+def write_outputs(client: ComfyClient, entry: dict, out: Path, hywu: bool) -> list[Path]:
+    """base.png, and with HY-WU edit.png, condition.safetensors and lora.safetensors, from the run's outputs."""
+    images = {ref.node: ref for ref in client.output_images(entry)}
+    wanted = {"base.png": images[SAVE]}
+    if hywu:
+        outputs = entry.get("outputs") or {}
+        files = {node: ImageRef(**outputs[node]["hywu_files"][0], node=node) for node in (SAVE_CONDITION, SAVE_LORA)}
+        wanted |= {"edit.png": images[SAVE_HYWU], "condition.safetensors": files[SAVE_CONDITION],
+                   "lora.safetensors": files[SAVE_LORA]}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, ref in wanted.items():
+        (out / name).write_bytes(client.fetch_image(ref))
+    return [out / name for name in wanted]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,19 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hywu-hunyuan3-") as work:
         work = Path(work)
         models = work / "models"
-        (models / "hunyuan3").mkdir(parents=True)
-        folder_name = args.model.resolve().name
-        (models / "hunyuan3" / folder_name).symlink_to(args.model.resolve(), target_is_directory=True)
+        folder_name = link_folder(models / "hunyuan3", args.model)
+        generator_name = link_folder(models / "hywu", args.generator) if args.generator is not None else None
         server = ComfyServer(comfyui_dir, workdir=work, log_path=work / "comfyui.log", models_dir=models)
         print("[hywu] starting ComfyUI ...", file=sys.stderr, flush=True)
         try:
             with server:
                 client = ComfyClient(server.url)
                 uploaded = [client.upload_image(image) for image in args.image]
-                entry = client.run(edit_prompt(args, uploaded, folder_name), timeout=24 * 3600)
-                refs = [ref for ref in client.output_images(entry) if ref.node == SAVE]
-                args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / "base.png").write_bytes(client.fetch_image(refs[0]))
+                entry = client.run(edit_prompt(args, uploaded, folder_name, generator_name), timeout=24 * 3600)
+                written = write_outputs(client, entry, args.out, hywu=generator_name is not None)
         except PromptRejected as error:
             print(f"hywu hunyuan3-edit: ComfyUI rejected the request:\n{error}", file=sys.stderr)
             return 1
@@ -119,5 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         except (ServerError, TimeoutError, OSError) as error:
             print(f"hywu hunyuan3-edit: {error}", file=sys.stderr)
             return 1
-    print(args.out / "base.png")
+    for path in written:
+        print(path)
     return 0

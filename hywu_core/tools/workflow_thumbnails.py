@@ -10,8 +10,9 @@ loads, hywu_core/tools/example_inputs.py), labelled, at the demo family's 64 px 
     ./hywu run workflows/api/NAME.json --server URL --out RUNS/NAME
     python -m hywu_core.tools.workflow_thumbnails RUNS [--canvas hywu_qwen_image_edit=SCREENSHOT.png]
 
-A workflow whose models do not ship (hywu_qwen_image_edit: Qwen-Image-Edit-2509; hunyuan3_edit:
-HunyuanImage-3.0-Instruct) cannot run here: its
+A workflow whose models do not ship (hywu_qwen_image_edit: Qwen-Image-Edit-2509; hunyuan3_edit,
+hywu_hunyuan3_edit, hywu_hunyuan3_diagnostics: HunyuanImage-3.0-Instruct and the HY-WU release) cannot run
+here: its
 thumbnail is a screenshot of the workflow on the canvas (the shipped one: the bundled frontend's classic
 renderer at 72% zoom, around Encode Condition -> Generate LoRA -> Apply LoRA -> Sample), captioned
 "canvas screenshot, not an output".
@@ -52,7 +53,11 @@ LAYOUTS = {
 CANVAS_CAPTIONS = {"hywu_qwen_image_edit": ("HY-WU on Qwen-Image-Edit-2509",
                                             "needs the Qwen-Image-Edit models (not shipped)"),
                    "hunyuan3_edit": ("HunyuanImage-3.0-Instruct edit",
-                                     "needs the HunyuanImage-3.0-Instruct folder (not shipped)")}
+                                     "needs the HunyuanImage-3.0-Instruct folder (not shipped)"),
+                   "hywu_hunyuan3_edit": ("HY-WU on HunyuanImage-3.0-Instruct",
+                                          "needs HunyuanImage-3.0-Instruct and HY-WU (not shipped)"),
+                   "hywu_hunyuan3_diagnostics": ("HY-WU diagnostics on HunyuanImage-3.0",
+                                                 "needs HunyuanImage-3.0-Instruct and HY-WU (not shipped)")}
 
 
 def _font(size: int):

@@ -130,3 +130,30 @@ def test_repeat_gives_identical_rows_that_share_the_one_lora(comfy_lib):
     assert torch.equal(leaves[path].grad, torch.full_like(leaves[path], 3.0))
     with pytest.raises(ValueError, match="needs a bundle of one LoRA"):
         many.repeat(2)
+
+
+def test_row_sliced_roles_export_as_one_exact_lora_per_linear():
+    """w3 and w1 write the two halves of one fused Linear: ComfyUI's form is one LoRA of rank 2r on it whose
+    up @ down * alpha / rank is exactly [scale B3 A3 ; scale B1 A1], and w2 stays a rank-r LoRA."""
+    from hywu_core.targets import bind_expert_groups
+
+    spec = bind_expert_groups(TargetSpec.from_pg_config({"prefix": "m.", "num_base_model_layers": 1, "pg_mapping": {
+        "experts": {"type": "grouped", "num_experts": 2, "sub_weights": {
+            "w1": {"lora_A_dim": 8, "lora_B_dim": 6}, "w2": {"lora_A_dim": 6, "lora_B_dim": 8},
+            "w3": {"lora_A_dim": 8, "lora_B_dim": 6}}}}}),
+        {"w3": ("gate_and_up", 0, 2), "w1": ("gate_and_up", 1, 2), "w2": ("down", 0, 1)})
+    bundle = random_bundle(spec, rank=4, batch=1, alpha=6.0)
+    sd = bundle.to_comfy_state_dict(0, prefix="")
+    for e in range(2):
+        stem = f"m.0.experts.{e}.gate_and_up"
+        up, down = sd[f"{stem}.lora_up.weight"], sd[f"{stem}.lora_down.weight"]
+        alpha = float(sd[f"{stem}.alpha"])
+        assert up.shape == (12, 8) and down.shape == (8, 8) and alpha / 8 == bundle.scale
+        delta = up @ down * alpha / down.shape[0]
+        for sub, rows in (("w3", slice(0, 6)), ("w1", slice(6, 12))):
+            a, b = bundle.A[f"m.0.experts.{sub}"][0, e], bundle.B[f"m.0.experts.{sub}"][0, e]
+            torch.testing.assert_close(delta[rows], b @ a * bundle.scale, rtol=1e-6, atol=1e-6)
+        assert sd[f"m.0.experts.{e}.down.lora_up.weight"].shape == (8, 4)
+        assert float(sd[f"m.0.experts.{e}.down.alpha"]) == 6.0
+    with pytest.raises(ValueError, match="not read back from ComfyUI's LoRA format"):
+        LoRABundle.from_comfy_state_dicts([sd], spec, prefix="")

@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from hywu_core.targets import TargetBlock, TargetMismatchError, TargetModule, TargetSpec, derive_targets
+from hywu_core.targets import (
+    TargetBlock,
+    TargetMismatchError,
+    TargetModule,
+    TargetSpec,
+    bind_expert_groups,
+    derive_targets,
+)
 
 from .tiny_backbones import ARCHITECTURES, TinyMoE, build
 
@@ -126,3 +133,34 @@ def test_spec_rejects_bad_input():
         TargetModule("e", 4, 4, experts=3, members=("e.0", "e.1"))
     with pytest.raises(ValueError, match="not a target spec JSON"):
         TargetSpec.from_json('{"blocks": []}')
+
+
+def test_official_expert_groups_bind_to_a_models_fused_experts():
+    """The official release's `mlp.experts.w1/w2/w3` roles land where a model says: here w3 on the first half of
+    each expert's fused gate_and_up, w1 on the second, w2 on down_proj."""
+    spec = TargetSpec.from_pg_config({"prefix": "layers.", "num_base_model_layers": 1, "pg_mapping": {
+        "mlp.experts": {"type": "grouped", "num_experts": 2, "sub_weights": {
+            "w1": {"lora_A_dim": 8, "lora_B_dim": 6}, "w2": {"lora_A_dim": 6, "lora_B_dim": 8},
+            "w3": {"lora_A_dim": 8, "lora_B_dim": 6}}}}})
+    slots = {"w3": ("gate_and_up", 0, 2), "w1": ("gate_and_up", 1, 2), "w2": ("down", 0, 1)}
+    bound = bind_expert_groups(spec, slots)
+    w1, w2, w3 = bound.blocks[0].modules
+    assert w1.members == ("mlp.experts.0.gate_and_up", "mlp.experts.1.gate_and_up") and w1.out_slice == (6, 12)
+    assert w3.out_slice == (0, 6) and w2.members[1] == "mlp.experts.1.down" and w2.out_slice is None
+    assert TargetSpec.from_json(bound.to_json()) == bound
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Module()])
+    model.layers[0].mlp = torch.nn.Module()
+    model.layers[0].mlp.experts = torch.nn.ModuleList(
+        torch.nn.ModuleDict({"gate_and_up": torch.nn.Linear(8, 12), "down": torch.nn.Linear(6, 8)}) for _ in range(2))
+    bound.verify(model)
+    model.layers[0].mlp.experts[1]["gate_and_up"] = torch.nn.Linear(8, 10)
+    with pytest.raises(TargetMismatchError, match=r"experts\.1\.gate_and_up: shape differs.*output rows 6\.\.11"):
+        bound.verify(model)
+    with pytest.raises(TargetMismatchError, match="this model does not say where such sub weights go"):
+        bind_expert_groups(spec, None)
+    with pytest.raises(TargetMismatchError, match="sub weight 'w2' .* is not one this model defines"):
+        bind_expert_groups(spec, {"w1": slots["w1"], "w3": slots["w3"]})
+    with pytest.raises(ValueError, match=r"out_slice \(2, 4\) must be rows \[start, start \+ d_out\)"):
+        TargetModule("x", 4, 3, out_slice=(2, 4))

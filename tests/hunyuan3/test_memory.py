@@ -31,3 +31,21 @@ def test_release_shapes_give_the_published_size_and_kv_per_token():
     counts = parameter_counts(RELEASE_SHAPES)
     assert 80e9 < counts["transformer"] < 85e9          # "80B total" in the release's description
     assert kv_bytes_per_token(RELEASE_SHAPES) == 2 * 32 * 8 * 128 * 2
+
+
+def test_generator_and_lora_counts_match_the_tiny_generator_and_its_lora():
+    import json
+
+    from safetensors.torch import load_file
+
+    from hywu_core.generator_files import RELEASE_CONFIG, load_generator
+    from hywu_core.hunyuan3.memory import configurations, generator_counts
+
+    folder = DATA / "tiny_generator"
+    counts = generator_counts(json.loads((folder / "config.json").read_text()))
+    assert counts["generator"] == sum(p.numel() for p in load_generator(folder).parameters())
+    lora = load_file(str(DATA / "hywu_reference.safetensors"))
+    assert counts["lora"] == sum(v.numel() for k, v in lora.items() if k.startswith("hywu.lora.") and "lora_" in k)
+    kept, released = configurations(RELEASE_SHAPES, RELEASE_CONFIG, 11192)[1:]
+    assert kept[1].split(", ")[0] == released[1].split(", ")[0]          # generating: the same
+    assert float(released[1].split("sampling ")[1].split()[0]) < float(kept[1].split("sampling ")[1].split()[0])
