@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hywu_core.targets import TargetModule, TargetSpec
+from hywu_core.targets import TargetModule, TargetSpec, bind_expert_groups
 
 
 @dataclass
@@ -71,6 +71,12 @@ class LoRABundle:
             raise ValueError(f"repeat needs a bundle of one LoRA, this one has {self.batch_size}")
         return LoRABundle(self.spec, self.rank, self.alpha, {p: t.expand(n, *t.shape[1:]) for p, t in self.A.items()},
                           {p: t.expand(n, *t.shape[1:]) for p, t in self.B.items()})
+
+    def bound(self, slots) -> "LoRABundle":
+        """The same factors over the spec with its expert groups bound to a model's expert Linears
+        (targets.bind_expert_groups; `slots` is what the model declares); self when there is none to bind."""
+        spec = bind_expert_groups(self.spec, slots)
+        return self if spec is self.spec else LoRABundle(spec, self.rank, self.alpha, self.A, self.B)
 
     def to(self, *args, **kwargs) -> "LoRABundle":
         """A copy with every factor moved by Tensor.to(*args, **kwargs) (device and/or dtype)."""

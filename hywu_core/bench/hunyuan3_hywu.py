@@ -53,7 +53,7 @@ from hywu_core.hunyuan3.moe import EXPERT_LORA_SLOTS
 from hywu_core.hunyuan3.request import RequestBuilder
 from hywu_core.lora import LoRABundle
 from hywu_core.lora_inject import PerRowLoRA
-from hywu_core.targets import TargetSpec, bind_expert_groups
+from hywu_core.targets import TargetSpec
 
 DATA = Path(__file__).resolve().parents[2] / "tests" / "data" / "hunyuan3"
 RELEASE_STEPS = 50
@@ -64,12 +64,6 @@ REAL_WIDTH_LAYER = dict(RELEASE_SHAPES, num_hidden_layers=1, vocab_size=16)
 DRY_LAYER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 1,
              "attention_head_dim": 8, "vocab_size": 16, "num_experts": 2, "moe_topk": 2, "moe_intermediate_size": 16,
              "use_mixed_mlp_moe": True, "num_shared_expert": 1, "intermediate_size": 16, "use_qk_norm": True}
-
-
-def bound(bundle: LoRABundle) -> LoRABundle:
-    """`bundle` with its expert groups bound to HunyuanImage-3's expert modules."""
-    return LoRABundle(bind_expert_groups(bundle.spec, EXPERT_LORA_SLOTS), bundle.rank, bundle.alpha, bundle.A,
-                      bundle.B)
 
 
 def lora_deltas(model: torch.nn.Module, bundle: LoRABundle):
@@ -180,14 +174,14 @@ def bench_hywu(repeats: int = 5) -> dict:
     with flushing_subnormals() as flushing, torch.no_grad():
         threads = torch.get_num_threads()
         condition = Condition.from_tensors(model.prefill_states(prepared.ratio, torch.float32))
-        lora = bound(generate_lora(generator, condition).bundle)
+        lora = generate_lora(generator, condition).bundle.bound(EXPERT_LORA_SLOTS)
         base, runs = Stepper(copy.deepcopy(model), batch, x), Stepper(model, batch, x)
         dynamic = Stepper(copy.deepcopy(model), batch, x, PerRowLoRA(lora))
         merged = Stepper(merged_copy(model, lora), batch, x)
 
         def hywu_run(mode: str):
             states = model.prefill_states(prepared.ratio, torch.float32)
-            generated = bound(generate_lora(generator, Condition.from_tensors(states)).bundle)
+            generated = generate_lora(generator, Condition.from_tensors(states)).bundle.bound(EXPERT_LORA_SLOTS)
             if mode == "dynamic":
                 return Stepper(model, batch, x, PerRowLoRA(generated)).sample(noise, steps, guidance, shift)
             with merged_into(model, generated):
@@ -264,7 +258,7 @@ def bench_real_width(generator, layers: int, layer_config: dict, condition_token
             torch.cuda.reset_peak_memory_stats(device)
         bundle = generator(condition)
         peak = (torch.cuda.max_memory_allocated(device) - held) / 2**30 if on_cuda else None
-        lora = PerRowLoRA(bound(first_layer(bundle)))
+        lora = PerRowLoRA(first_layer(bundle).bound(EXPERT_LORA_SLOTS))
         rows = torch.zeros(2, dtype=torch.long, device=device)
 
         def first(cache=None):

@@ -37,7 +37,6 @@ import torch
 from hywu_core.checks import finite
 from hywu_core.lora import LoRABundle
 from hywu_core.lora_inject import PerRowLoRA
-from hywu_core.targets import bind_expert_groups
 
 DIFFUSION_PREFIX = "diffusion_model."
 MODES = ("auto", "merge", "dynamic")
@@ -48,9 +47,9 @@ def bound_to(model, bundle: LoRABundle) -> LoRABundle:
     model's expert Linears as the model declares them (`expert_lora_slots`, targets.bind_expert_groups), then
     checked, with a clear error naming the first mismatches when the LoRA was generated for another backbone."""
     diffusion = model.model.diffusion_model
-    spec = bind_expert_groups(bundle.spec, getattr(diffusion, "expert_lora_slots", None))
-    spec.verify(diffusion)
-    return bundle if spec is bundle.spec else LoRABundle(spec, bundle.rank, bundle.alpha, bundle.A, bundle.B)
+    bundle = bundle.bound(getattr(diffusion, "expert_lora_slots", None))
+    bundle.spec.verify(diffusion)
+    return bundle
 
 
 def apply_merge(model, bundle: LoRABundle, item: int = 0, strength: float = 1.0):

@@ -13,6 +13,7 @@ from hywu_core.bench import hunyuan3_hywu
 from hywu_core.condition import Condition
 from hywu_core.generated_lora import generate_lora
 from hywu_core.generator_files import load_generator
+from hywu_core.hunyuan3.moe import EXPERT_LORA_SLOTS
 from tests.hunyuan3.helpers import DATA
 
 TIMED = {"condition", "generator", "first step", "step", "first step, dynamic", "step, dynamic", "patch",
@@ -49,7 +50,7 @@ def test_dynamic_lora_step_equals_the_merged_weights_step(row):
 def test_merge_patch_is_the_merged_copy_and_restores_the_base_weights(transformer):
     model = copy.deepcopy(transformer)
     condition = Condition.from_tensors(load_file(str(DATA / "hywu_reference.safetensors"))["hywu.condition"])
-    lora = hunyuan3_hywu.bound(generate_lora(load_generator(DATA / "tiny_generator"), condition).bundle)
+    lora = generate_lora(load_generator(DATA / "tiny_generator"), condition).bundle.bound(EXPERT_LORA_SLOTS)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     merged = hunyuan3_hywu.merged_copy(model, lora).state_dict()
     with hunyuan3_hywu.merged_into(model, lora):

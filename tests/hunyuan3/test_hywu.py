@@ -21,7 +21,6 @@ from hywu_core.hunyuan3.inputs import StepInputs
 from hywu_core.hunyuan3.request import RequestBuilder
 from hywu_core.lora import LoRABundle
 from hywu_core.lora_inject import PerRowLoRA
-from hywu_core.targets import bind_expert_groups
 from tests.hunyuan3.helpers import DATA, reference_step_inputs
 
 MANIFEST = json.loads((DATA / "hywu_reference.json").read_text())
@@ -60,15 +59,11 @@ def assert_matches(ours, expected, tolerance=TOLERANCE):
     assert difference <= tolerance * expected.abs().max().item(), (difference, expected.abs().max().item())
 
 
-def bound(bundle, transformer):
-    return LoRABundle(bind_expert_groups(bundle.spec, transformer.expert_lora_slots), bundle.rank, bundle.alpha,
-                      bundle.A, bundle.B)
-
-
 def step_with(transformer, bundle, hywu_ref, reference):
     """The reference's one step (fixed latent, t = 600, rows [cond, uncond]) with `bundle` injected per row."""
     x = hywu_ref["hywu.step.latent"].expand(2, -1, -1, -1)
-    with torch.no_grad(), PerRowLoRA(bound(bundle, transformer)).inject(transformer, torch.zeros(2, dtype=torch.long)):
+    injection = PerRowLoRA(bundle.bound(transformer.expert_lora_slots))
+    with torch.no_grad(), injection.inject(transformer, torch.zeros(2, dtype=torch.long)):
         return transformer.denoise(x, torch.full((2,), 600.0), reference_step_inputs(reference))
 
 
