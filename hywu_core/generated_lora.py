@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -124,10 +125,14 @@ class GenerationCache:
         self.bytes -= self._entries.pop(key)[2]
 
 
-def generate_lora(generator: Generator, condition: Condition, cache: GenerationCache | None = None) -> GeneratedLoRA:
-    """One LoRA per condition item on the generator's device, without gradients; refuses NaN/Inf."""
+def generate_lora(generator: Generator, condition: Condition, cache: GenerationCache | None = None,
+                  before_run: Callable[[], object] | None = None) -> GeneratedLoRA:
+    """One LoRA per condition item on the generator's device, without gradients; refuses NaN/Inf.
+    `before_run` is called only when the NNT has to run (not on a cache hit): the nodes load the generator there."""
     bundle = cache.get(generator, condition) if cache is not None else None
     if bundle is None:
+        if before_run is not None:
+            before_run()
         with torch.no_grad():
             bundle = generator(condition)
         check_finite(bundle)

@@ -300,10 +300,10 @@ def derive_targets(diffusion_model, include: list[str] | None = None, exclude: l
     Default: every Linear (torch.nn.Linear and ComfyUI's comfy.ops Linear classes) inside the
     repeated blocks (see the module docstring). `include` / `exclude` are regular expressions
     searched in full module paths ("double_blocks.0.img_attn.qkv"): a module is kept when it
-    matches some include (or include is None) and no exclude. `block_lists` names the direct
-    children of the model to take blocks from (a ModuleList gives one block per entry, any
-    other module is one block). `expert_pattern` (None: no grouping) groups experts; its first
-    capture group is the expert index.
+    matches some include (or include is None) and no exclude. `block_lists` names the
+    submodules to take blocks from, direct children or dotted paths such as "model.layers" (a
+    ModuleList gives one block per entry, any other module is one block). `expert_pattern`
+    (None: no grouping) groups experts; its first capture group is the expert index.
     """
     includes = [re.compile(p) for p in include or []]
     excludes = [re.compile(p) for p in exclude or []]
@@ -338,10 +338,13 @@ def _repeated_blocks(model, block_lists: list[str] | None) -> Iterator[tuple[str
             raise ValueError(f"{type(model).__name__} has no nn.ModuleList of blocks as a direct child; "
                              "name the block containers with block_lists=[...]")
     else:
-        unknown = [n for n in block_lists if n not in children]
-        if unknown:
-            raise ValueError(f"block_lists names {unknown}, which are not direct children of "
-                             f"{type(model).__name__} (it has {list(children)})")
+        children = {}
+        for name in block_lists:
+            try:
+                children[name] = model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"block_lists names {name!r}, which is not a submodule of {type(model).__name__} "
+                                 f"(its children: {[n for n, _ in model.named_children()]})") from None
         names = list(block_lists)
     for name in names:
         child = children[name]

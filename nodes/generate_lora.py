@@ -1,7 +1,8 @@
 """HYWUGenerateLoRA: generator + condition -> one LoRA per batch item (paper §3.3-3.5)."""
 from comfy_api.v0_0_2 import io
 
-from hywu_core.generated_lora import GenerationCache, generate_lora
+from hywu_core.comfyui.managed_generator import generate
+from hywu_core.generated_lora import GenerationCache
 from hywu_core.lora_tools import update_norms
 
 from .types import HYWUCondition, HYWUGenerator, HYWULoRA
@@ -25,14 +26,15 @@ class HYWUGenerateLoRA(io.ComfyNode):
             display_name="HYWU Generate LoRA",
             category="HY-WU",
             description="Write a fresh LoRA for each input (paper §3.3-3.5). Shows the per-layer update norms "
-                        "after running; an unchanged input is not generated twice.",
+                        "after running; an unchanged input is not generated twice. The generator is loaded onto its "
+                        "device only to run, and ComfyUI unloads it when sampling needs the memory.",
             inputs=[HYWUGenerator.Input("generator"), HYWUCondition.Input("condition")],
             outputs=[HYWULoRA.Output(display_name="lora")],
         )
 
     @classmethod
     def execute(cls, generator, condition) -> io.NodeOutput:
-        generated = generate_lora(generator, condition, cache=CACHE)
+        generated = generate(generator, condition, cache=CACHE)
         summary = norms_summary(generated)
         text = "\n".join(f"{name}: {value:.4g}" for name, value in zip(summary["layers"], summary["mean"]))
         return io.NodeOutput(generated, ui={"hywu_norms": [summary],

@@ -71,17 +71,20 @@ class MoE(nn.Module):
     def routed(self, x):
         """The experts' weighted sum alone, (..., hidden) -> (..., hidden).
 
+        The router and each expert see flattened tokens; each call announces the tokens' batch items (token_rows).
         Token-expert pairs are grouped by expert (stable order), each expert runs once on its group (an expert no
         token chose does not run), and the weighted results are added back per token, experts in ascending order."""
         tokens = x.reshape(-1, x.shape[-1])
-        weights, experts = self.gate(tokens)
+        batch = x.shape[0] if x.dim() > 2 else tokens.shape[0]
+        item_of = torch.arange(tokens.shape[0], device=tokens.device) // (tokens.shape[0] // batch)
+        with gathered_from(item_of, batch):
+            weights, experts = self.gate(tokens)
         top_k = experts.shape[-1]
         order = experts.flatten().argsort(stable=True)
         counts = torch.bincount(experts.flatten(), minlength=len(self.experts)).tolist()
         token_of = order // top_k
         inputs = tokens[token_of].split(counts)
-        batch = x.shape[0] if x.dim() > 2 else tokens.shape[0]
-        items = (token_of // (tokens.shape[0] // batch)).split(counts)
+        items = item_of[token_of].split(counts)
         outputs = []
         for expert, part, part_items in zip(self.experts, inputs, items):
             if len(part):

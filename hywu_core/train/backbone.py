@@ -58,6 +58,8 @@ def _safetensors(config: TrainConfig, value: str, key: str) -> str:
 class Backbone:
     """MODEL (ModelPatcher), CLIP and VAE of the frozen backbone, plus its edit conditioning."""
 
+    block_lists = None   # derive_targets' block containers; None: the diffusion model's ModuleList children
+
     def __init__(self, model, clip, vae, edit: str, negative_prompt: str = ""):
         self.model, self.clip, self.vae = model, clip, vae
         self.edit = edit
@@ -142,6 +144,10 @@ def load_backbone(config: TrainConfig, output: Path | None = None) -> Backbone:
     """The configured backbone, frozen, on ComfyUI's compute device."""
     import_comfy(config.run.device)
     b = config.backbone
+    if b.kind == "hunyuan3":
+        from hywu_core.train.hunyuan3 import load_hunyuan3_backbone
+
+        return load_hunyuan3_backbone(config.path(b.folder), b.weight_dtype)
     if b.kind == "demo":
         if b.checkpoint:
             state_dict, demo_config = read_demo_checkpoint(config.path(b.checkpoint))

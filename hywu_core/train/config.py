@@ -13,7 +13,8 @@ from pathlib import Path
 
 import tomllib
 
-BACKBONE_KINDS = ("demo", "comfy")
+BACKBONE_KINDS = ("demo", "comfy", "hunyuan3")
+ENCODER_BACKBONES = ("hunyuan3",)
 EDIT_CONDITIONINGS = ("instruct_pix2pix", "reference_latent", "qwen_image_edit_plus")
 PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINTING = ("none", "generator", "backbone", "both")
@@ -36,12 +37,14 @@ class RunConfig:
 
 @dataclass
 class BackboneConfig:
-    kind: str = "demo"                 # demo: hywu_core.tiny_editor.backbone; comfy: files ComfyUI loads
+    kind: str = "demo"                 # demo: hywu_core.tiny_editor.backbone; comfy: files ComfyUI loads;
+                                       # hunyuan3: a HunyuanImage-3.0-Instruct folder (backbone.folder)
     checkpoint: str = ""               # demo: a demo backbone file; comfy: a full checkpoint (model+clip+vae)
     seed: int = 0                      # demo without a file: weights built from this seed
     demo: dict = field(default_factory=dict)   # demo without a file: DemoBackboneConfig fields
     diffusion_model: str = ""          # comfy: diffusion model file (models/diffusion_models)
-    weight_dtype: str = "default"      # comfy: as the stock "Load Diffusion Model" node
+    weight_dtype: str = "default"      # comfy, hunyuan3: as the stock "Load Diffusion Model" node
+    folder: str = ""                   # hunyuan3: the model folder (config.json, safetensors, tokenizer)
     text_encoders: list = field(default_factory=list)  # comfy: text encoder files (models/text_encoders)
     text_encoder_type: str = ""        # comfy: comfy.sd.CLIPType name, e.g. "qwen_image", "flux", "sd3"
     vae: str = ""                      # comfy: VAE file (models/vae)
@@ -53,6 +56,7 @@ class BackboneConfig:
 class EncoderConfig:
     folder: str = ""                   # transformers dual-encoder folder (SigLIP2, SigLIP, CLIP)
     tiny: str = ""                     # "siglip2": build a tiny random one into <output>/encoder (demo, tests)
+    backbone: str = ""                 # "hunyuan3": the backbone's own condition, the official generator's input
     trainable: bool = False            # train the encoder with the generator
     lr_scale: float = 1.0              # its learning rate relative to train.lr
 
@@ -155,9 +159,21 @@ class TrainConfig:
             if b.diffusion_model and not (b.text_encoders and b.text_encoder_type and b.vae):
                 raise ConfigError("backbone.diffusion_model needs backbone.text_encoders, text_encoder_type and vae "
                                   "too (as the stock Load Diffusion Model / Load CLIP / Load VAE nodes)")
-        if bool(e.folder) == bool(e.tiny):
-            raise ConfigError("encoder: set exactly one of encoder.folder (a transformers SigLIP2/SigLIP/CLIP folder) "
-                              "and encoder.tiny = 'siglip2' (a tiny random encoder, for the demo and tests)")
+        if b.kind == "hunyuan3" and not b.folder:
+            raise ConfigError("backbone.kind = 'hunyuan3' needs backbone.folder: the HunyuanImage-3.0-Instruct folder "
+                              "(config.json, model safetensors, tokenizer files)")
+        if b.kind == "hunyuan3" and b.weight_dtype not in ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn"):
+            raise ConfigError(f"backbone.weight_dtype = {b.weight_dtype!r}: HunyuanImage-3 loads as default, bf16, "
+                              "fp16, fp32 or fp8_e4m3fn (the loader node's choices)")
+        if sum(map(bool, (e.folder, e.tiny, e.backbone))) != 1:
+            raise ConfigError("encoder: set exactly one of encoder.folder (a transformers SigLIP2/SigLIP/CLIP folder), "
+                              "encoder.tiny = 'siglip2' (a tiny random encoder, for the demo and tests) and "
+                              "encoder.backbone = 'hunyuan3' (the backbone's own condition)")
+        if e.backbone and e.backbone not in ENCODER_BACKBONES:
+            raise ConfigError(f"encoder.backbone = {e.backbone!r}: only 'hunyuan3' is built in")
+        if e.backbone and (b.kind != e.backbone or e.trainable):
+            raise ConfigError(f"encoder.backbone = {e.backbone!r} reads the condition off the frozen backbone: it "
+                              f"needs backbone.kind = {e.backbone!r} and encoder.trainable = false")
         if e.tiny and e.tiny != "siglip2":
             raise ConfigError(f"encoder.tiny = {e.tiny!r}: only 'siglip2' is built in")
         if not d.folder:

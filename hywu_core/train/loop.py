@@ -154,16 +154,11 @@ class Trainer:
         precision = config.train.precision
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
 
-        encoder_folder = self.state["encoder"] if self.state and self.state["encoder"] else None
-        if encoder_folder is None and config.encoder.tiny:
-            encoder_folder = self.output / "encoder"
-            if not (encoder_folder / "config.json").is_file():
-                self._main_first(lambda: build_tiny_siglip2(encoder_folder, seed=run.seed))
-        encoder_folder = encoder_folder or config.path(config.encoder.folder)
-        self.encoder = load_condition_encoder(encoder_folder, device=self.device)
-        self.encoder.model.requires_grad_(config.encoder.trainable)
-
+        if not config.encoder.backbone:
+            self.encoder = self._load_encoder()
         self.backbone = load_backbone(config, self.output if self.context.is_main else None)
+        if config.encoder.backbone:
+            self.encoder = self.backbone.condition_encoder()
         self.generator = self._build_generator().to(self.device)
         self.spec = self.generator.spec
         self.spec.verify(self.backbone.diffusion_model)
@@ -191,6 +186,19 @@ class Trainer:
         self._base_samples = None
         return self
 
+    def _load_encoder(self):
+        """The transformers condition encoder: the configured folder, the trained one being resumed, or a tiny
+        one built into the run folder."""
+        config = self.config
+        encoder_folder = self.state["encoder"] if self.state and self.state["encoder"] else None
+        if encoder_folder is None and config.encoder.tiny:
+            encoder_folder = self.output / "encoder"
+            if not (encoder_folder / "config.json").is_file():
+                self._main_first(lambda: build_tiny_siglip2(encoder_folder, seed=config.run.seed))
+        encoder = load_condition_encoder(encoder_folder or config.path(config.encoder.folder), device=self.device)
+        encoder.model.requires_grad_(config.encoder.trainable)
+        return encoder
+
     def _resume_path(self, resume) -> Path:
         if resume is True:
             found = completed_checkpoints(self.checkpoints)
@@ -211,7 +219,8 @@ class Trainer:
 
     def _build_generator(self):
         g = self.config.generator
-        spec = derive_targets(self.backbone.diffusion_model, include=g.include or None, exclude=g.exclude or None)
+        spec = derive_targets(self.backbone.diffusion_model, include=g.include or None, exclude=g.exclude or None,
+                              block_lists=self.backbone.block_lists)
         if g.init:
             generator = load_generator(self.config.path(g.init))
             if generator.spec.to_json() != spec.to_json():

@@ -98,8 +98,12 @@ class DenoisingObjective:
         conds, noises, levels = [], [], []
         for i, key in enumerate(index):
             noise, sigma = sample_noise(tuple(x0[i:i + 1].shape), sigmas, seed, key)
-            positive, _, _ = self.backbone.conditioning(sources[i:i + 1], instructions[i],
-                                                        [r[i:i + 1] for r in references])
+            positive, _, latent = self.backbone.conditioning(sources[i:i + 1], instructions[i],
+                                                             [r[i:i + 1] for r in references])
+            if tuple(latent.shape[-2:]) != tuple(x0.shape[-2:]):
+                raise ValueError(f"edit {key}: its target encodes to a {tuple(x0.shape[-2:])} latent but the backbone "
+                                 f"generates {tuple(latent.shape[-2:])} for its source; give source and target the "
+                                 "same size (data.resolution)")
             conds.append(self.model_conds(positive, x0[i:i + 1], noise, key))
             noises.append(noise)
             levels.append(sigma)

@@ -72,7 +72,7 @@ def test_include_and_exclude_select_by_path(backbones):
 def test_block_lists_override(backbones):
     spec = derive_targets(backbones["lumina2"], block_lists=["layers"])
     assert [b.prefix for b in spec.blocks] == ["layers.0", "layers.1"]
-    with pytest.raises(ValueError, match=r"not direct children.*'layers'"):
+    with pytest.raises(ValueError, match=r"names 'blocks', which is not a submodule.*'layers'"):
         derive_targets(backbones["lumina2"], block_lists=["blocks"])
 
 

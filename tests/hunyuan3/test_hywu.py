@@ -124,6 +124,30 @@ def test_the_expert_lora_is_applied_and_its_halves_are_in_the_releases_order(tra
         assert (broken - expected).abs().max() > 100 * TOLERANCE * expected.abs().max()
 
 
+def test_a_lora_on_every_linear_gives_each_batch_row_its_own_router_and_experts_included(transformer, hywu_ref,
+                                                                                          reference):
+    """Our own generators may target every Linear of the blocks (derive_targets' default), the MoE router's wg
+    included, which sees the flattened tokens: each token takes the LoRA of its batch row, so row i of a batch
+    equals row i run alone with LoRA i."""
+    from hywu_core.targets import derive_targets
+    from tests.core.tiny_backbones import random_bundle
+
+    spec = derive_targets(transformer, block_lists=["model.layers"])
+    assert {"model.layers.0.mlp.gate.wg", "model.layers.0.mlp.experts.gate_and_up_proj"} <= set(spec.module_paths())
+    bundle = random_bundle(spec, rank=4, batch=2, alpha=0.02, seed=3)
+    x = hywu_ref["hywu.step.latent"].expand(2, -1, -1, -1)
+    inputs, t = reference_step_inputs(reference), torch.full((2,), 600.0)
+    with torch.no_grad():
+        base = transformer.denoise(x, t, inputs)
+        with PerRowLoRA(bundle).inject(transformer, torch.tensor([0, 1])):
+            together = transformer.denoise(x, t, inputs)
+        for i in range(2):
+            with PerRowLoRA(bundle.item(i)).inject(transformer, torch.zeros(1, dtype=torch.long)):
+                alone = transformer.denoise(x[i:i + 1], t[:1], inputs.select([i]))
+            assert_matches(together[i:i + 1], alone)
+            assert (together[i] - base[i]).abs().max() > 100 * TOLERANCE * base[i].abs().max()
+
+
 @pytest.fixture(scope="module")
 def comfy_model(comfy_lib, tiny_model):
     from hywu_core.comfyui.hunyuan3 import load_model, load_vae

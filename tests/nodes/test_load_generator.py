@@ -40,7 +40,7 @@ def test_load_generator_node_returns_the_saved_generator(pack, generator_folder)
     node = pack.nodes.HYWULoadGenerator
     options = node.GET_SCHEMA().inputs[0].options
     assert "sub/tiny.safetensors" in options
-    loaded = node.execute(generator="sub/tiny.safetensors").result[0]
+    loaded = node.execute(generator="sub/tiny.safetensors").result[0].model
     cond = torch.randn(2, 5, 12)
     with torch.no_grad():
         expected, got = original(Condition.from_tensors(cond)), loaded(Condition.from_tensors(cond))

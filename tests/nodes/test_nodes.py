@@ -68,6 +68,28 @@ def test_generate_shows_per_layer_norms(outputs):
     assert lora.items[1]["instruction"] == "darken" and lora.items[1]["generator"] == f"{FAMILY}.safetensors"
 
 
+def test_generator_is_a_model_comfyui_loads_to_run_and_unloads_when_memory_is_needed(pack, models, outputs):
+    """Load Generator hands ComfyUI a ModelPatcher: Generate loads it through load_models_gpu, a cached
+    generation does not load it, and ComfyUI's free_memory (what loading a backbone calls) unloads it."""
+    import comfy.model_management as mm
+
+    encoder, patcher, images, condition, generated = outputs
+    nodes = pack.nodes
+    assert patcher.model.source == f"{FAMILY}.safetensors"
+    assert any(loaded is patcher for loaded in mm.loaded_models())
+    mm.free_memory(2 ** 60, patcher.load_device)
+    assert not any(loaded is patcher for loaded in mm.loaded_models())
+    cached = nodes.HYWUGenerateLoRA.execute(generator=patcher, condition=condition).result[0]
+    assert cached.bundle is generated.result[0].bundle
+    assert not any(loaded is patcher for loaded in mm.loaded_models())
+    fresh = nodes.HYWUEncodeCondition.execute(encoder=encoder, image=images.flip(1), instruction="brighten").result[0]
+    again = nodes.HYWUGenerateLoRA.execute(generator=patcher, condition=fresh).result[0]
+    assert any(loaded is patcher for loaded in mm.loaded_models())
+    with torch.no_grad():
+        expected = patcher.model(fresh)
+    assert all(torch.equal(again.bundle.B[p], expected.B[p]) for p in expected.B)
+
+
 def test_lora_model_and_saved_file_load_through_the_stock_loader(pack, models, outputs):
     import comfy.lora
     import comfy.sd

@@ -70,7 +70,7 @@ def test_checkpoint_loads_in_the_node_and_changes_the_sampled_edit(trained, pack
     try:
         node = pack.nodes.HYWULoadGenerator
         assert "step_0000060.safetensors" in node.GET_SCHEMA().inputs[0].options
-        generator = node.execute(generator="step_0000060.safetensors", device="cpu").result[0]
+        generator = node.execute(generator="step_0000060.safetensors", device="cpu").result[0].model
     finally:
         folder_paths.folder_names_and_paths["hywu"] = saved
     assert generator.rank == 8 and generator.spec.num_layers == 2
