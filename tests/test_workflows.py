@@ -1,12 +1,20 @@
-"""workflows/: each UI workflow is the up-to-date twin of workflows/api/, served as a template."""
+"""workflows/: each UI workflow is the up-to-date twin of workflows/api/, named by its title, served as a template."""
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hywu_core.tools.workflow_ui import api_to_ui, check_against_object_info, same_graph, ui_to_api
+from hywu_core.tools.workflow_ui import (
+    api_to_ui,
+    canvas_path,
+    canvas_title,
+    check_against_object_info,
+    same_graph,
+    ui_to_api,
+)
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 API_TWINS = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -15,17 +23,30 @@ REAL_BACKBONE = {"hywu_qwen_image_edit",  # weights not here: checked against /o
                  "hywu_hunyuan3_edit", "hywu_hunyuan3_diagnostics"}   # tests/hunyuan3/test_hywu_server.py
 
 
-def test_every_api_workflow_has_a_ui_twin_and_a_note():
+def test_every_api_workflow_has_a_note_and_a_ui_twin_named_by_its_title():
     assert API_TWINS, "no example workflows"
-    assert {p.stem for p in API_TWINS} == {p.stem for p in WORKFLOWS.glob("*.json")}
     assert all((WORKFLOWS / "notes" / f"{p.stem}.md").is_file() for p in API_TWINS)
+    assert {canvas_path(p.stem) for p in API_TWINS} == set(WORKFLOWS.glob("*.json"))
+    assert {canvas_path(p.stem).with_suffix(".jpg") for p in API_TWINS} == set(WORKFLOWS.glob("*.jpg"))
+    titles = [canvas_title(p.stem) for p in API_TWINS]
+    assert len(set(titles)) == len(titles) and all(" " in t and "_" not in t and t[0].isupper() for t in titles)
+
+
+def test_a_title_that_cannot_be_a_file_name_is_refused(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# HY-WU: colon\n")
+    (tmp_path / "notes" / "b.md").write_text("no heading\n")
+    with pytest.raises(ValueError, match="leave out :"):
+        canvas_title("a", tmp_path)
+    with pytest.raises(ValueError, match="must start with '# TITLE'"):
+        canvas_title("b", tmp_path)
 
 
 @pytest.mark.parametrize("api_path", API_TWINS, ids=lambda p: p.stem)
 def test_ui_twin_describes_the_same_graph_and_is_up_to_date(client, api_path):
     info = client.object_info()
     api = json.loads(api_path.read_text())
-    ui = json.loads((WORKFLOWS / api_path.name).read_text())
+    ui = json.loads(canvas_path(api_path.stem).read_text())
     missing = sorted({node["type"] for node in ui["nodes"]} - set(info) - {"MarkdownNote"})
     assert not missing, f"node types the server does not know: {missing}"
     assert same_graph(api, ui_to_api(ui, info)) == []
@@ -35,10 +56,10 @@ def test_ui_twin_describes_the_same_graph_and_is_up_to_date(client, api_path):
 
 def test_ui_workflows_are_served_as_templates(client):
     templates = client.get_json("/workflow_templates")
-    assert sorted(templates.get("ComfyUI-HY-WU", [])) == sorted(p.stem for p in API_TWINS)
+    assert sorted(templates.get("ComfyUI-HY-WU", [])) == sorted(canvas_title(p.stem) for p in API_TWINS)
     for path in API_TWINS:
-        served = client.get_json(f"/api/workflow_templates/ComfyUI-HY-WU/{path.name}")
-        assert served == json.loads((WORKFLOWS / path.name).read_text())
+        served = client.get_json(f"/api/workflow_templates/ComfyUI-HY-WU/{quote(canvas_title(path.stem))}.json")
+        assert served == json.loads(canvas_path(path.stem).read_text())
 
 
 def test_same_graph_names_a_changed_widget():

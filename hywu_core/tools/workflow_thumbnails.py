@@ -1,7 +1,8 @@
-"""The Templates browser's thumbnails: workflows/NAME.jpg, made from real runs of each workflow.
+"""The Templates browser's thumbnails: workflows/TITLE.jpg, made from real runs of each workflow.
 
-ComfyUI's frontend (1.32.9 and 1.58.1) shows a custom node pack's template NAME with the image
-/api/workflow_templates/<pack folder>/NAME.jpg, which ComfyUI 0.3.75 serves from workflows/NAME.jpg.
+ComfyUI's frontend (1.32.9 and 1.58.1) shows a custom node pack's template TITLE with the image
+/api/workflow_templates/<pack folder>/TITLE.jpg, which ComfyUI 0.3.75 serves from workflows/TITLE.jpg
+(TITLE: the UI twin's file name, workflow_ui.canvas_title).
 Each thumbnail here is composed of the images the workflow's own run saved (and the example inputs it
 loads, hywu_core/tools/example_inputs.py), labelled, at the demo family's 64 px shown 2x or more:
 
@@ -24,6 +25,7 @@ import json
 from pathlib import Path
 
 from hywu_core.tools.example_inputs import EXAMPLE_INPUTS
+from hywu_core.tools.workflow_ui import canvas_path
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 SIZE = 512
@@ -60,6 +62,11 @@ CANVAS_CAPTIONS = {"hywu_qwen_image_edit": ("HY-WU on Qwen-Image-Edit-2509",
                                                  "needs HunyuanImage-3.0-Instruct and HY-WU (not shipped)")}
 
 
+def thumbnail_path(name: str) -> Path:
+    """workflows/TITLE.jpg, beside the UI twin of workflows/api/NAME.json (the frontend asks for its name + .jpg)."""
+    return canvas_path(name, WORKFLOWS).with_suffix(".jpg")
+
+
 def _font(size: int):
     from PIL import ImageFont
 
@@ -88,7 +95,7 @@ def _saved(run_dir: Path, prefix: str, index: int) -> Path:
 
 
 def compose_run(name: str, run_dir: Path, out: Path) -> Path:
-    """workflows/NAME.jpg from the images of one `./hywu run workflows/api/NAME.json --out run_dir`."""
+    """workflows/TITLE.jpg from the images of one `./hywu run workflows/api/NAME.json --out run_dir`."""
     from PIL import Image, ImageDraw
 
     title, columns, rows = LAYOUTS[name]
@@ -126,7 +133,7 @@ def compose_run(name: str, run_dir: Path, out: Path) -> Path:
 
 
 def compose_canvas(name: str, screenshot: Path, out: Path) -> Path:
-    """workflows/NAME.jpg from a screenshot of the workflow on the canvas, captioned as such."""
+    """workflows/TITLE.jpg from a screenshot of the workflow on the canvas, captioned as such."""
     from PIL import Image, ImageDraw
 
     title, caption = CANVAS_CAPTIONS[name]
@@ -145,16 +152,16 @@ def compose_canvas(name: str, screenshot: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write workflows/NAME.jpg from ./hywu run outputs")
+    parser = argparse.ArgumentParser(description="write workflows/TITLE.jpg from ./hywu run outputs")
     parser.add_argument("runs", type=Path, help="folder with one ./hywu run --out folder per workflow NAME")
     parser.add_argument("--canvas", action="append", default=[], metavar="NAME=SCREENSHOT",
                         help="a workflow that cannot run here: its canvas screenshot")
     args = parser.parse_args(argv)
     for name in LAYOUTS:
-        print(compose_run(name, args.runs / name, WORKFLOWS / f"{name}.jpg"))
+        print(compose_run(name, args.runs / name, thumbnail_path(name)))
     for item in args.canvas:
         name, screenshot = item.split("=", 1)
-        print(compose_canvas(name, Path(screenshot), WORKFLOWS / f"{name}.jpg"))
+        print(compose_canvas(name, Path(screenshot), thumbnail_path(name)))
     return 0
 
 

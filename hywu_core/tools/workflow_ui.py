@@ -1,11 +1,16 @@
 """API-format workflows <-> the canvas (UI) format, from the node definitions a server reports.
 
 The examples are written once, in API format (workflows/api/NAME.json, what /prompt and
-`./hywu run` take), with a note per workflow (workflows/notes/NAME.md). `python -m
-hywu_core.tools.workflow_ui` starts ComfyUI, reads /object_info and writes each UI twin
-(workflows/NAME.json, what the canvas and ComfyUI's template browser load), laid out left to
-right by graph depth with the note on the left. `ui_to_api` reads a UI workflow back, so a test
+`./hywu run` take), with a note per workflow (workflows/notes/NAME.md, its first line the
+workflow's title). `python -m hywu_core.tools.workflow_ui` starts ComfyUI, reads /object_info and
+writes each UI twin (workflows/TITLE.json, what the canvas and ComfyUI's template browser load),
+laid out left to right by graph depth with the note on the left. `ui_to_api` reads a UI workflow back, so a test
 can check that both files describe the same graph.
+
+Frontend facts (1.32.9 and 1.58.1): the Templates browser titles a pack's template with its file
+name as it is (no other field, no locale key, no index.json is read for custom nodes) and loads
+its thumbnail from the same name + ".jpg"; so the UI twin's file name is the title, written only
+with characters Windows and a URL path both keep.
 
 Canvas facts (ComfyUI frontend 1.32): widgets_values lists the node's widget inputs in
 definition order (required, then optional), including widgets whose value comes through a link
@@ -27,6 +32,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOTE_TYPE = "MarkdownNote"
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
+NOT_IN_A_TITLE = set('<>:"/\\|?*#%')
 
 
 def input_specs(definition: dict) -> list[tuple[str, object, dict]]:
@@ -215,21 +221,39 @@ def check_against_object_info(prompt: dict, object_info: dict) -> list[str]:
     return problems
 
 
+def canvas_title(name: str, folder: Path = WORKFLOWS) -> str:
+    """The title of workflow NAME: the heading on the first line of folder/notes/NAME.md."""
+    note = folder / "notes" / f"{name}.md"
+    first = note.read_text().splitlines()[0] if note.is_file() else ""
+    title = first[2:].strip() if first.startswith("# ") else ""
+    if not title:
+        raise ValueError(f"{note}: the note must start with '# TITLE', the workflow's title in the Templates browser")
+    bad = sorted(set(title) & NOT_IN_A_TITLE)
+    if bad or title.endswith("."):
+        raise ValueError(f"{note}: the title {title!r} is also the template's file name; leave out "
+                         f"{' '.join(bad) or 'the final dot'} (Windows or a URL path would not keep it)")
+    return title
+
+
+def canvas_path(name: str, folder: Path = WORKFLOWS) -> Path:
+    """The UI twin of folder/api/NAME.json: folder/TITLE.json."""
+    return folder / f"{canvas_title(name, folder)}.json"
+
+
 def build(object_info: dict, folder: Path = WORKFLOWS) -> list[Path]:
-    """Write folder/NAME.json for every folder/api/NAME.json (with folder/notes/NAME.md as its note)."""
+    """Write folder/TITLE.json for every folder/api/NAME.json (with folder/notes/NAME.md as its note)."""
     written = []
     for api_path in sorted((folder / "api").glob("*.json")):
-        note_path = folder / "notes" / f"{api_path.stem}.md"
-        note = note_path.read_text() if note_path.is_file() else None
+        note = (folder / "notes" / f"{api_path.stem}.md").read_text()
         ui = api_to_ui(json.loads(api_path.read_text()), object_info, note)
-        target = folder / api_path.name
+        target = canvas_path(api_path.stem, folder)
         target.write_text(json.dumps(ui, indent=1) + "\n")
         written.append(target)
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write workflows/NAME.json (UI) from workflows/api/NAME.json")
+    parser = argparse.ArgumentParser(description="write workflows/TITLE.json (UI) from workflows/api/NAME.json")
     parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hywu-workflows-") as work:
         with ComfyServer(Path(os.environ["COMFYUI_DIR"]), workdir=Path(work), log_path=Path(work) / "log.txt") as server:

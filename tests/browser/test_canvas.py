@@ -22,6 +22,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -29,11 +30,12 @@ from hywu_core.tools.comfy_client import ComfyClient
 from hywu_core.tools.comfy_server import ComfyServer
 from hywu_core.tools.devenv import NEWEST_FRONTEND, ensure_chromium, ensure_frontend
 from hywu_core.tools.example_inputs import install_example_inputs
+from hywu_core.tools.workflow_ui import canvas_path
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-DEMO = REPO / "workflows" / "hywu_demo_edit.json"
-FREEZE = REPO / "workflows" / "hywu_freeze_lora.json"
+DEMO = canvas_path("hywu_demo_edit")
+FREEZE = canvas_path("hywu_freeze_lora")
 ARTIFACTS = Path(os.environ.get("HYWU_ARTIFACTS", REPO / "hywu_output" / "test-artifacts"))
 PACK = "ComfyUI-HY-WU"  # the pack's folder in custom_nodes: its name in /api/workflow_templates
 BUNDLED_FRONTEND = "1.32.9"
@@ -313,7 +315,7 @@ def demo_from_template(cell):
     page = cell.page
     page.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.get_by_text(PACK, exact=True).first.click()
-    card = page.get_by_test_id("template-workflow-hywu_demo_edit")
+    card = page.get_by_test_id(f"template-workflow-{DEMO.stem}")
     card.wait_for(timeout=30_000)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(thumbnail_served(cell, p.stem) for p in WORKFLOWS):
@@ -339,7 +341,7 @@ def demo_from_template(cell):
 
 
 def thumbnail_served(cell: Cell, name: str) -> bool:
-    url = f"/api/workflow_templates/{PACK}/{name}.jpg"
+    url = f"/api/workflow_templates/{PACK}/{quote(name)}.jpg"
     return any(path == url and status == 200 and kind == "image/jpeg" for path, status, kind in cell.responses)
 
 
@@ -399,8 +401,9 @@ def test_the_templates_browser_lists_every_workflow_with_its_thumbnail(cell, dem
     assert sorted(listed[PACK]) == sorted(p.stem for p in WORKFLOWS)
     missing = [p.stem for p in WORKFLOWS if not thumbnail_served(cell, p.stem)]
     assert missing == [], f"thumbnails not served as image/jpeg: {missing}"
-    # both frontends title a custom node template with its file name (see js/hywu.js)
+    # both frontends title a custom node template with its file name (see js/hywu.js), which is its title
     assert all(name in text for name, text in cell.template_cards.items()), cell.template_cards
+    assert "HY-WU demo edit" in cell.template_cards and "hywu_demo_edit" not in str(cell.template_cards)
     assert "missing a required media file" not in cell.after_template_text
 
 
