@@ -29,13 +29,16 @@ from hywu_core.generator_files import load_generator
 
 def load_managed(path, load_device: torch.device):
     """A ModelPatcher around the generator at `path` (load_generator), read onto ComfyUI's offload device,
-    that runs on `load_device`; a CPU generator stays on the CPU."""
+    that runs on `load_device`: in bfloat16 on a GPU that supports it (the release loads its generator with
+    torch_dtype=bfloat16; our training autocasts the generator to bf16 on CUDA), as stored on the CPU."""
     import comfy.model_management as mm
     import comfy.model_patcher
 
     offload_device = load_device if load_device.type == "cpu" else mm.unet_offload_device()
-    return comfy.model_patcher.ModelPatcher(load_generator(path, device=offload_device), load_device=load_device,
-                                            offload_device=offload_device)
+    generator = load_generator(path, device=offload_device)
+    if load_device.type != "cpu" and mm.should_use_bf16(load_device):
+        generator = generator.to(torch.bfloat16)
+    return comfy.model_patcher.ModelPatcher(generator, load_device=load_device, offload_device=offload_device)
 
 
 def generate(patcher, condition: Condition, cache: GenerationCache | None = None) -> GeneratedLoRA:
