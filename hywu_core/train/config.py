@@ -162,9 +162,12 @@ class TrainConfig:
         if b.kind == "hunyuan3" and not b.folder:
             raise ConfigError("backbone.kind = 'hunyuan3' needs backbone.folder: the HunyuanImage-3.0-Instruct folder "
                               "(config.json, model safetensors, tokenizer files)")
-        if b.kind == "hunyuan3" and b.weight_dtype not in ("default", "bf16", "fp16", "fp32", "fp8_e4m3fn"):
-            raise ConfigError(f"backbone.weight_dtype = {b.weight_dtype!r}: HunyuanImage-3 loads as default, bf16, "
-                              "fp16, fp32 or fp8_e4m3fn (the loader node's choices)")
+        if b.kind == "hunyuan3":
+            from hywu_core.comfyui.hunyuan3 import WEIGHT_DTYPES as HUNYUAN3_WEIGHT_DTYPES
+
+            if b.weight_dtype not in HUNYUAN3_WEIGHT_DTYPES:
+                raise ConfigError(f"backbone.weight_dtype = {b.weight_dtype!r}: HunyuanImage-3 loads as "
+                                  f"{', '.join(HUNYUAN3_WEIGHT_DTYPES)} (the loader node's choices)")
         if sum(map(bool, (e.folder, e.tiny, e.backbone))) != 1:
             raise ConfigError("encoder: set exactly one of encoder.folder (a transformers SigLIP2/SigLIP/CLIP folder), "
                               "encoder.tiny = 'siglip2' (a tiny random encoder, for the demo and tests) and "

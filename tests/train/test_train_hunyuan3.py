@@ -109,6 +109,15 @@ def test_the_trained_generator_runs_in_comfyui(pack, trained):
     assert torch.equal(base, base_again)
 
 
+def test_a_target_of_another_size_than_its_source_is_named(trained):
+    """The target must encode to the latent the backbone generates for the source (one ratio bucket)."""
+    trainer = trained[0]
+    record = trainer.dataset.batch([0], [0])
+    wide = torch.rand(1, 32, 64, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="give source and target the same size"):
+        trainer.objective.inputs(record.source, wide, record.instructions, [], [0], 0)
+
+
 @pytest.mark.parametrize("sections, message", [
     ({"encoder": {"tiny": None, "backbone": "hunyuan3"}}, "needs backbone.kind = 'hunyuan3'"),
     ({**HUNYUAN3, "encoder": {"tiny": None, "backbone": "hunyuan3", "trainable": True}}, "encoder.trainable = false"),
