@@ -1,20 +1,26 @@
-"""The demo edit suite: directional, conflicting edit pairs (paper §5.1) and their datasets.
+"""The demo edit suite (paper §5.1): edits whose right answer depends on the image, same-source
+conflicts, their scores and datasets.
 
-Four pairs, each two opposite directions of one measurable property:
+Every edit starts from a clean crop (hywu_core.demo.images) put into a source state, and asks for
+a target. Six pairs of two directions each, of two kinds:
 
-    pair                 directions               score (one value per image)
-    blur_deblur          blur, deblur             laplacian_variance  (sharpness)
-    noise_denoise        add_noise, denoise       noise_sigma         (Immerkaer noise estimate)
-    grayscale_colorize   grayscale, colorize      mean_saturation     (HSV saturation)
-    brighten_darken      brighten, darken         mean_luminance      (BT.601 luma)
+    image-dependent pairs: one instruction, two source states that need opposite edits (the
+    target is the clean crop). Text alone cannot route these; the image decides.
+    pair         instruction (phrasings)        source states -> clean         score
+    exposure     "fix the exposure"             dark, bright                   brightness
+    colour       "make the colours natural"     muted, vivid                   saturation
+    restore      "restore this photo"           blurred, noisy                 sharpness / noise
 
-A forward direction edits a clean crop with a fixed strength (Gaussian blur sigma BLUR_SIGMA,
-Gaussian noise sigma NOISE_SIGMA, BT.601 grayscale, brighten / darken by LIGHT_AMOUNT). An inverse
-direction (deblur, denoise, colorize) takes the degraded crop as its source and the clean crop as
-its target. Both directions of a pair are made from the same clean crop, so the pair is a
-controlled conflict: the instruction alone says which way to go. Each direction has several
-phrasings built from the tiny condition tokenizer's word list (encoders.EDIT_WORDS); the phrasing
-varies, the direction is the label.
+    same-source conflicts: one clean source, two instructions that ask for opposite edits.
+    light        brighten / darken              clean -> bright, dark          brightness
+    focus        blur / sharpen                 clean -> blurred, sharpened    sharpness
+    vividness    saturate / desaturate          clean -> vivid, muted          saturation
+
+STATES holds the operations that put a clean crop into a state (brighten / darken by LIGHT_AMOUNT,
+chroma scaled by MUTED_CHROMA or VIVID_CHROMA around the luma, Gaussian blur BLUR_SIGMA, Gaussian
+noise NOISE_SIGMA, unsharp masking SHARPEN_AMOUNT). Both directions of a pair take the same clean
+crop at each index. Each direction has several phrasings; the phrasing varies, the direction is
+the label.
 
 Datasets: `make_edits` builds one in memory (8-bit quantised, exactly what PNG files hold);
 `write_edit_dataset` writes it as a training folder (src/*.png, tgt/*.png, manifest.jsonl) and
@@ -24,7 +30,8 @@ are in edits.jsonl beside it, one line per manifest line.
 
 Metrics: `psnr` and `ssim` (Wang et al. 2004: 11-tap Gaussian window, sigma 1.5, K1 0.01,
 K2 0.03, per-channel mean over the valid region, population covariance; the same numbers as
-skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)).
+skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False));
+`noise_sigma` doubles as the grain metric, `patch_artefact` measures the 4x4 patch grid.
 All filtering uses shifted slices, not convolutions, so results are bitwise reproducible.
 """
 from __future__ import annotations
@@ -47,9 +54,13 @@ from hywu_core.demo.images import (
     mean_saturation,
 )
 
-BLUR_SIGMA = 1.5
-NOISE_SIGMA = 0.08
+BLUR_SIGMA = 1.2
+NOISE_SIGMA = 0.06
 LIGHT_AMOUNT = 0.4
+MUTED_CHROMA = 0.25
+VIVID_CHROMA = 1.8
+SHARPEN_AMOUNT = 1.0
+PATCH = 4   # the demo backbone's patch size: what patch_artefact looks for
 MANIFEST = "manifest.jsonl"
 LABELS = "edits.jsonl"
 
@@ -102,11 +113,24 @@ def gaussian_blur(images: Tensor, sigma: float = BLUR_SIGMA) -> Tensor:
     return _shift_filter(_shift_filter(images, taps, -3, "reflect"), taps, -2, "reflect")
 
 
+def sharpen(images: Tensor, amount: float = SHARPEN_AMOUNT, sigma: float = 1.0) -> Tensor:
+    """Unsharp masking: x + amount (x - blur(x)), clamped to [0, 1]."""
+    _check_images(images)
+    return (images + amount * (images - gaussian_blur(images, sigma))).clamp(0, 1)
+
+
 def add_gaussian_noise(images: Tensor, generator: torch.Generator, sigma: float = NOISE_SIGMA) -> Tensor:
     """images + N(0, sigma^2) per pixel and channel, clamped to [0, 1]; the noise comes from `generator`."""
     _check_images(images)
     noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
     return (images + sigma * noise).clamp(0, 1)
+
+
+def scale_chroma(images: Tensor, factor: float) -> Tensor:
+    """Scale every pixel's distance from its BT.601 luma by `factor` (0: grayscale), clamped to [0, 1]."""
+    _check_images(images)
+    y = luminance(images).unsqueeze(-1)
+    return (y + factor * (images - y)).clamp(0, 1)
 
 
 def to_grayscale(images: Tensor) -> Tensor:
@@ -133,7 +157,8 @@ def noise_sigma(images: Tensor) -> Tensor:
     The 3x3 mask [[1,-2,1],[-2,4,-2],[1,-2,1]] (difference of two Laplacians) cancels smooth
     structure; sigma = sqrt(pi/2) / (6 (H-2)(W-2)) * sum |mask * luma| over the interior. The
     mask is applied as (1,-2,1) separably along rows and columns. Noise drawn independently per
-    channel with sigma s shows in the luma as 0.668 s (the norm of the BT.601 weights).
+    channel with sigma s shows in the luma as 0.668 s (the norm of the BT.601 weights). It is
+    also the grain metric: grain a sampler leaves shows here as it does for added noise.
     """
     _check_images(images)
     y = luminance(images).unsqueeze(-1)
@@ -143,14 +168,30 @@ def noise_sigma(images: Tensor) -> Tensor:
     return math.sqrt(math.pi / 2) / (6 * h * w) * response.abs().sum((-2, -1))
 
 
+def patch_artefact(images: Tensor, patch: int = PATCH) -> Tensor:
+    """How much stronger the luma steps are across the patch grid than inside patches, per image:
+    mean |step| between pixels on either side of a grid line / mean |step| elsewhere, minus 1.
+
+    About 0 for natural images (a grid line is just another place); a backbone that leaves its
+    4x4 patches visible raises it.
+    """
+    _check_images(images)
+    y = luminance(images).double()
+    steps = [(y[..., :, 1:] - y[..., :, :-1]).abs(), (y[..., 1:, :] - y[..., :-1, :]).abs().transpose(-2, -1)]
+    on_grid = (torch.arange(1, y.shape[-1]) % patch == 0, torch.arange(1, y.shape[-2]) % patch == 0)
+    across = torch.cat([s[..., grid].flatten(-2) for s, grid in zip(steps, on_grid)], -1).mean(-1)
+    inside = torch.cat([s[..., ~grid].flatten(-2) for s, grid in zip(steps, on_grid)], -1).mean(-1)
+    return (across / inside.clamp_min(1e-6) - 1).float()
+
+
 def sharpness(images: Tensor) -> Tensor:
-    """Laplacian variance of the luma (blur lowers it, deblur raises it)."""
+    """Laplacian variance of the luma (blur lowers it, sharpening raises it)."""
     _check_images(images)
     return laplacian_variance(images)
 
 
 def saturation(images: Tensor) -> Tensor:
-    """Mean HSV saturation (grayscale makes it 0, colorize raises it)."""
+    """Mean HSV saturation (muting the colour lowers it, vivid colour raises it)."""
     _check_images(images)
     return mean_saturation(images)
 
@@ -161,50 +202,98 @@ def brightness(images: Tensor) -> Tensor:
     return mean_luminance(images)
 
 
+def _noisy(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    if generator is None:
+        raise EditSuiteError("the noisy state needs a torch.Generator: pass generator=torch.Generator()"
+                             ".manual_seed(seed)")
+    return add_gaussian_noise(images, generator)
+
+
+STATES = {
+    "clean": lambda x, g: x,
+    "dark": lambda x, g: darken(x),
+    "bright": lambda x, g: brighten(x),
+    "muted": lambda x, g: scale_chroma(x, MUTED_CHROMA),
+    "vivid": lambda x, g: scale_chroma(x, VIVID_CHROMA),
+    "blurred": lambda x, g: gaussian_blur(x),
+    "noisy": _noisy,
+    "sharpened": lambda x, g: sharpen(x),
+}
+
+
+def put_in_state(state: str, clean: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Clean images (..., H, W, 3) in source state `state` (one of STATES); "noisy" draws from `generator`."""
+    if state not in STATES:
+        raise EditSuiteError(f"unknown image state {state!r}: use one of {', '.join(STATES)}")
+    _check_images(clean)
+    return STATES[state](clean, generator)
+
+
 @dataclass(frozen=True)
 class Direction:
-    """One edit direction: its pair, the pair's score, which way the score must move (+1 up, -1
-    down) from source to target, whether it is an inverse (source degraded, target clean), and
-    its instruction phrasings."""
+    """One edit direction: its pair, the score it moves and which way (+1 up, -1 down from source
+    to target), the state of its source and of its target, and its instruction phrasings."""
 
     name: str
     pair: str
     score: str
     sign: int
-    inverse: bool
+    source_state: str
+    target_state: str
     phrasings: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Pair:
+    """Two directions that ask for opposite edits: "image-dependent" (one instruction, two source
+    states) or "conflict" (one clean source, two instructions)."""
+
+    name: str
+    kind: str
+    members: tuple[str, str]
+
+
 SCORES = {"sharpness": sharpness, "noise": noise_sigma, "saturation": saturation, "brightness": brightness}
+EXPOSURE = ("fix the exposure", "correct the exposure", "fix the light in this photo", "make the exposure right",
+            "give this picture a normal exposure")
+COLOUR = ("make the colours natural", "make the colors natural", "fix the colour", "give it natural colour",
+          "correct the colors of this photo")
+RESTORE = ("restore this photo", "restore the image", "repair this picture", "restore it", "fix this old photo")
 
 DIRECTIONS = {d.name: d for d in (
-    Direction("blur", "blur_deblur", "sharpness", -1, False,
-              ("blur the image", "make it blurry", "make the photo less sharp", "add blur to this picture",
-               "blur it")),
-    Direction("deblur", "blur_deblur", "sharpness", +1, True,
-              ("deblur the image", "sharpen the photo", "make it sharp", "remove the blur",
-               "make this picture sharper")),
-    Direction("add_noise", "noise_denoise", "noise", +1, False,
-              ("add noise to the image", "make it noisy", "make the photo more noisy", "add noise",
-               "turn this picture noisy")),
-    Direction("denoise", "noise_denoise", "noise", -1, True,
-              ("denoise the image", "remove the noise", "make it clean", "clean the noisy photo",
-               "make the picture less noisy")),
-    Direction("grayscale", "grayscale_colorize", "saturation", -1, False,
-              ("make it grayscale", "turn the photo black and white", "remove the color",
-               "make the image grayscale", "remove the colour")),
-    Direction("colorize", "grayscale_colorize", "saturation", +1, True,
-              ("colorize the image", "add color to the photo", "make it color",
-               "colorize this black and white picture", "turn it into a color photo")),
-    Direction("brighten", "brighten_darken", "brightness", +1, False,
+    Direction("fix_dark", "exposure", "brightness", +1, "dark", "clean", EXPOSURE),
+    Direction("fix_bright", "exposure", "brightness", -1, "bright", "clean", EXPOSURE),
+    Direction("fix_muted", "colour", "saturation", +1, "muted", "clean", COLOUR),
+    Direction("fix_vivid", "colour", "saturation", -1, "vivid", "clean", COLOUR),
+    Direction("restore_blurred", "restore", "sharpness", +1, "blurred", "clean", RESTORE),
+    Direction("restore_noisy", "restore", "noise", -1, "noisy", "clean", RESTORE),
+    Direction("brighten", "light", "brightness", +1, "clean", "bright",
               ("brighten the image", "make it brighter", "make the picture brighter", "brighten it",
                "make the photo more light")),
-    Direction("darken", "brighten_darken", "brightness", -1, False,
+    Direction("darken", "light", "brightness", -1, "clean", "dark",
               ("darken the image", "make it darker", "make the picture darker", "darken it",
                "make the photo more dark")),
+    Direction("blur", "focus", "sharpness", -1, "clean", "blurred",
+              ("blur the image", "make it blurry", "make the photo less sharp", "add blur to this picture",
+               "blur it")),
+    Direction("sharpen", "focus", "sharpness", +1, "clean", "sharpened",
+              ("sharpen the image", "make it sharper", "make the photo more sharp", "sharpen this picture",
+               "sharpen it")),
+    Direction("saturate", "vividness", "saturation", +1, "clean", "vivid",
+              ("make the colours vivid", "make it more colorful", "saturate the image", "boost the colour",
+               "make the colors stronger")),
+    Direction("desaturate", "vividness", "saturation", -1, "clean", "muted",
+              ("mute the colours", "make it less colorful", "desaturate the image", "fade the colour",
+               "make the colors weaker")),
 )}
-PAIRS = {"blur_deblur": ("blur", "deblur"), "noise_denoise": ("add_noise", "denoise"),
-         "grayscale_colorize": ("grayscale", "colorize"), "brighten_darken": ("brighten", "darken")}
+PAIRS = {p.name: p for p in (
+    Pair("exposure", "image-dependent", ("fix_dark", "fix_bright")),
+    Pair("colour", "image-dependent", ("fix_muted", "fix_vivid")),
+    Pair("restore", "image-dependent", ("restore_blurred", "restore_noisy")),
+    Pair("light", "conflict", ("brighten", "darken")),
+    Pair("focus", "conflict", ("blur", "sharpen")),
+    Pair("vividness", "conflict", ("saturate", "desaturate")),
+)}
 
 
 def direction(task: str) -> Direction:
@@ -214,31 +303,14 @@ def direction(task: str) -> Direction:
     return DIRECTIONS[task]
 
 
-def forward_edit(task: str, clean: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The forward operation behind direction `task` applied to clean images (..., H, W, 3).
-
-    For an inverse direction this is the degradation it undoes (deblur -> blur). The noise pair
-    draws its noise from `generator` (required there).
-    """
-    spec = direction(task)
-    forward = PAIRS[spec.pair][0] if spec.inverse else task
-    if forward == "add_noise":
-        if generator is None:
-            raise EditSuiteError("the noise edits need a torch.Generator: pass generator=torch.Generator()"
-                                 ".manual_seed(seed)")
-        return add_gaussian_noise(clean, generator)
-    return {"blur": gaussian_blur, "grayscale": to_grayscale, "brighten": brighten, "darken": darken}[forward](clean)
-
-
 def edit_pair(task: str, clean: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(source, target) of direction `task` for clean images: (clean, edited) for a forward
-    direction, (degraded, clean) for an inverse one."""
-    edited = forward_edit(task, clean, generator)
-    return (edited, clean) if direction(task).inverse else (clean, edited)
+    """(source, target) of direction `task` for clean images: each put into the direction's state."""
+    spec = direction(task)
+    return put_in_state(spec.source_state, clean, generator), put_in_state(spec.target_state, clean, generator)
 
 
 def score(task: str, images: Tensor) -> Tensor:
-    """The directional score of `task`'s pair, one value per image."""
+    """The directional score of `task`, one value per image."""
     return SCORES[direction(task).score](images)
 
 
@@ -336,13 +408,13 @@ def make_edits(split: str, per_direction: int, seed: int = 0, size: int = CROP_S
         raise EditSuiteError(f"per_direction must be a positive integer, got {per_direction!r}")
     pool: list[Crop] = crop_pool(split, size)
     generator = torch.Generator().manual_seed(seed)
-    pairs = [p for p, members in PAIRS.items() if any(t in tasks for t in members)]
+    pairs = [name for name, pair in PAIRS.items() if any(t in tasks for t in pair.members)]
     orders = {p: torch.randperm(len(pool), generator=generator).tolist() for p in pairs}
     sources, targets, labels = [], [], []
     for i in range(per_direction):
         for pair in pairs:
             crop = pool[orders[pair][i % len(pool)]]
-            for task in (t for t in PAIRS[pair] if t in tasks):
+            for task in (t for t in PAIRS[pair].members if t in tasks):
                 source, target = edit_pair(task, crop.image, generator)
                 phrasings = DIRECTIONS[task].phrasings
                 phrasing = phrasings[int(torch.randint(len(phrasings), (1,), generator=generator))]
@@ -354,13 +426,15 @@ def make_edits(split: str, per_direction: int, seed: int = 0, size: int = CROP_S
                    images, boxes)
 
 
-def _save_png(image: Tensor, path: Path) -> None:
+def save_png(image: Tensor, path: Path) -> None:
+    """An IMAGE item (H, W, 3) in [0, 1] as an 8-bit RGB PNG."""
     from PIL import Image
 
     Image.fromarray((image * 255).round().to(torch.uint8).numpy(), mode="RGB").save(path)
 
 
-def _load_png(path: Path) -> Tensor:
+def load_png(path: Path) -> Tensor:
+    """An RGB PNG as an IMAGE item (H, W, 3) float32 in [0, 1]."""
     import numpy as np
     from PIL import Image
 
@@ -390,8 +464,8 @@ def write_edit_dataset(folder, split: str, per_direction: int, seed: int = 0, si
     manifest, labels = [], []
     for i in range(len(edits)):
         names = (f"src/{i + 1:05d}.png", f"tgt/{i + 1:05d}.png")
-        _save_png(edits.source[i], folder / names[0])
-        _save_png(edits.target[i], folder / names[1])
+        save_png(edits.source[i], folder / names[0])
+        save_png(edits.target[i], folder / names[1])
         record = {"source": names[0], "target": names[1], "instruction": edits.instructions[i]}
         manifest.append(json.dumps(record))
         labels.append(json.dumps({**record, "task": edits.tasks[i], "pair": edits.pairs[i], "split": split,
@@ -427,8 +501,8 @@ def load_edit_dataset(folder) -> EditSet:
                 raise EditSuiteError(f"{path} line {number}: image {file} does not exist; "
                                      "rewrite the folder with write_edit_dataset")
         direction(label[1])
-        sources.append(_load_png(files[0]))
-        targets.append(_load_png(files[1]))
+        sources.append(load_png(files[0]))
+        targets.append(load_png(files[1]))
         columns.append(label)
     if not columns:
         raise EditSuiteError(f"{path} has no records; rewrite the folder with write_edit_dataset")

@@ -1,4 +1,4 @@
-"""Source images of the demo edit suite (issue 6, paper §5.1): 64x64 RGB crops with a fixed split.
+"""Source images of the demo edit suite (paper §5.1): 64x64 RGB crops in three fixed, disjoint splits.
 
 Images are ComfyUI IMAGE items: float32 (H, W, 3) in [0, 1]; batches are (N, H, W, 3). The
 pixel measures below take any leading batch shape and return one value per image.
@@ -14,7 +14,9 @@ Two kinds of source image, every one named:
   "procedural:<kind>:<n>" a SOURCE_SIDE^2 canvas drawn by torch from (kind, n): shapes on a gradient,
                           a rotated lit checkerboard, a multi-octave smooth noise field, plaid stripes.
 
-The split is by source image, not by crop: TRAIN_SOURCES and HELDOUT_SOURCES share no image (and
+The split is by source image, not by crop: TRAIN_SOURCES (every model's training data), VAL_SOURCES
+(every choice: steps, ranks, which edits the demo shows) and TEST_SOURCES (the reported figures,
+read once) share no image (and
 scikit-image's `cat` is the same photo as `chelsea`, `motorcycle_right` a twin of the left view,
 so neither is used). `crop_pool(split)` takes PER_SOURCE crops from each source of the split at
 positions drawn from the source's name, keeping only crops that `crop_is_usable` accepts: each
@@ -34,7 +36,7 @@ from torch import Tensor
 SOURCE_SIDE = 128
 PER_SOURCE = 8
 CROP_SIZE = 64
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "val", "test")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights PIL's convert("L") uses
 
 # sample name -> file in skimage/data/ of the scikit-image wheel (skimage.data.<name>() reads the same file)
@@ -45,15 +47,20 @@ SKIMAGE_FILES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "rocket":
                  "clock": "clock_motion.png", "gravel": "gravel.png", "text": "text.png"}
 SKIMAGE_TRAIN = ("astronaut", "coffee", "rocket", "immunohistochemistry",
                  "camera", "coins", "moon", "brick", "grass", "page")
-SKIMAGE_HELDOUT = ("chelsea", "retina", "motorcycle_left", "clock", "gravel", "text")
+SKIMAGE_VAL = ("chelsea", "retina", "clock")
+SKIMAGE_TEST = ("motorcycle_left", "gravel", "text")
 PROCEDURAL_KINDS = ("shapes", "checker", "noise", "stripes")
-PROCEDURAL_TRAIN_SEEDS = (0, 1, 2)
-PROCEDURAL_HELDOUT_SEEDS = (100, 101)
+PROCEDURAL_SEEDS = {"train": (0, 1, 2), "val": (100, 101), "test": (200, 201)}
 
-TRAIN_SOURCES = tuple(f"skimage:{n}" for n in SKIMAGE_TRAIN) + \
-    tuple(f"procedural:{k}:{s}" for k in PROCEDURAL_KINDS for s in PROCEDURAL_TRAIN_SEEDS)
-HELDOUT_SOURCES = tuple(f"skimage:{n}" for n in SKIMAGE_HELDOUT) + \
-    tuple(f"procedural:{k}:{s}" for k in PROCEDURAL_KINDS for s in PROCEDURAL_HELDOUT_SEEDS)
+
+def _split_sources(skimage_names: tuple[str, ...], split: str) -> tuple[str, ...]:
+    return tuple(f"skimage:{n}" for n in skimage_names) + \
+        tuple(f"procedural:{k}:{s}" for k in PROCEDURAL_KINDS for s in PROCEDURAL_SEEDS[split])
+
+
+TRAIN_SOURCES = _split_sources(SKIMAGE_TRAIN, "train")
+VAL_SOURCES = _split_sources(SKIMAGE_VAL, "val")
+TEST_SOURCES = _split_sources(SKIMAGE_TEST, "test")
 
 
 class ImagePoolError(ValueError):
@@ -243,13 +250,13 @@ def _procedural_source(kind: str, number: int) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def _load_source(name: str) -> Tensor:
     kind, _, rest = name.partition(":")
-    if kind == "skimage" and rest in SKIMAGE_TRAIN + SKIMAGE_HELDOUT:
+    if kind == "skimage" and rest in SKIMAGE_TRAIN + SKIMAGE_VAL + SKIMAGE_TEST:
         return _skimage_source(rest)
     if kind == "procedural":
         family, _, number = rest.partition(":")
         if family in _PROCEDURAL and number.isdigit():
             return _procedural_source(family, int(number))
-    raise ImagePoolError(f"unknown source image {name!r}: use a name from TRAIN_SOURCES or HELDOUT_SOURCES "
+    raise ImagePoolError(f"unknown source image {name!r}: use a name from TRAIN_SOURCES, VAL_SOURCES or TEST_SOURCES "
                          "('skimage:<name>' or 'procedural:<kind>:<n>' with kind in "
                          f"{', '.join(PROCEDURAL_KINDS)})")
 
@@ -260,11 +267,10 @@ def load_source(name: str) -> Tensor:
 
 
 def source_names(split: str) -> tuple[str, ...]:
-    """The source images of a split: "train" or "heldout" (disjoint by construction)."""
-    if split == "train":
-        return TRAIN_SOURCES
-    if split == "heldout":
-        return HELDOUT_SOURCES
+    """The source images of a split: "train", "val" or "test" (disjoint by construction)."""
+    sources = {"train": TRAIN_SOURCES, "val": VAL_SOURCES, "test": TEST_SOURCES}
+    if split in sources:
+        return sources[split]
     raise ImagePoolError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
 
 

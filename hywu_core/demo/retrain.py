@@ -1,11 +1,15 @@
-"""`./hywu demo-family`: retrain the whole demo family from a fixed seed (docs/design.md, "The tiny editor"; paper §3.6).
+"""`./hywu demo-family`: retrain the whole demo family from a fixed seed (docs/design.md, "The tiny editor"; §3.6).
 
-    1. the edit suite's training split (hywu_core.demo.edits: 8 directions, 4 conflicting pairs)
-       written as a training folder, and a reconstruction manifest over the same images;
-    2. the backbone: the demo MMDiT editor built from the seed and pretrained by full SFT to
-       reproduce its source whatever the instruction says (target = source), so the frozen base
-       model is a competent editor that knows none of the suite's edits;
-    3. the condition encoder: a tiny random SigLIP2 from the seed, frozen (§3.3);
+    1. the edit suite's training split (hywu_core.demo.edits: 12 directions in 6 pairs, image-
+       dependent and same-source conflicts) written as a training folder;
+    2. the backbone: the demo MMDiT editor built from the seed and pretrained by full SFT as a
+       denoiser that keeps its input: every image of the split is reproduced from itself, and
+       for a share of the clean crops the source is dropped (a mid-grey image: the model must
+       draw the crop from noise alone) or shifted by a few pixels (it must fix the detail from
+       the noisy latent, not copy it). The base model then samples clean images and knows none
+       of the suite's edits;
+    3. the condition encoder: a tiny SigLIP2 pretrained with its own sigmoid image-text loss on
+       the training crops in every state, then frozen (§3.3; hywu_core.demo.encoder_pretrain);
     4. the generator: an NNT trained end to end through the frozen backbone by the training entry
        point (hywu_core.train, the same code as `./hywu train`) on the suite's training split.
 
@@ -14,7 +18,7 @@ The result is laid out as ComfyUI model folders (what demo_models/ holds):
     checkpoints/hywu_demo.safetensors   hywu_encoders/hywu_demo/   hywu/hywu_demo.safetensors
     family.json                         the recipe and the loss curves it produced
 
-The held-out split (hywu_core.demo.images.HELDOUT_SOURCES) is never read here.
+Only the training split is read here; the validation and test splits (hywu_core.demo.images) never are.
 """
 from __future__ import annotations
 
@@ -23,11 +27,13 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from hywu_core.comfyui.library import import_comfy
-from hywu_core.demo.edits import write_edit_dataset
+from hywu_core.demo.edits import DIRECTIONS, LABELS, load_png, save_png, write_edit_dataset
 from hywu_core.demo.run import DEMO_MODELS
 from hywu_core.tiny_editor.backbone import (
     assemble_demo_backbone,
@@ -35,7 +41,6 @@ from hywu_core.tiny_editor.backbone import (
     demo_state_dict,
     save_demo_checkpoint,
 )
-from hywu_core.tiny_editor.encoders import build_tiny_siglip2
 from hywu_core.train.baselines import StaticSchedule, TrainableBackbone, train_static
 from hywu_core.train.config import config_from_dict
 from hywu_core.train.data import EditDataset, read_manifest
@@ -49,10 +54,13 @@ class FamilyRecipe:
     """Every number that decides the family's weights."""
 
     seed: int = 0
-    per_direction: int = 96          # training edits per direction (8 directions)
-    pretrain_steps: int = 1200       # backbone reconstruction SFT
+    per_direction: int = 64          # training edits per direction (12 directions)
+    pretrain_steps: int = 2000       # backbone denoiser SFT
     pretrain_lr: float = 1e-3
-    generator_steps: int = 1500
+    source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
+    source_shift: float = 0.25       # ... and with the source shifted by 1 to SHIFT_PIXELS pixels
+    encoder_steps: int = 0           # 0: EncoderRecipe's default
+    generator_steps: int = 2500
     generator_lr: float = 2e-3
     batch_size: int = 8
     warmup_steps: int = 50
@@ -64,30 +72,64 @@ class FamilyRecipe:
 
     def quick(self) -> "FamilyRecipe":
         """A few steps of everything: checks the pipeline, not the quality."""
-        return FamilyRecipe(**{**asdict(self), "per_direction": 2, "pretrain_steps": 3, "generator_steps": 3,
-                               "warmup_steps": 1})
+        return FamilyRecipe(**{**asdict(self), "per_direction": 1, "pretrain_steps": 3, "encoder_steps": 3,
+                               "generator_steps": 3, "warmup_steps": 1})
+
+    def encoder(self):
+        """The condition encoder's EncoderRecipe (hywu_core.demo.encoder_pretrain) for this family."""
+        from hywu_core.demo.encoder_pretrain import EncoderRecipe
+
+        default = EncoderRecipe(seed=self.seed)
+        return replace(default, steps=self.encoder_steps or default.steps)
 
 
-def write_reconstruction_manifest(folder: Path, name: str = "reconstruct.jsonl") -> Path:
-    """A manifest asking to reproduce every image of an edit-suite folder (source and target alike),
-    under the instructions of the suite: the backbone learns to keep its input, not to follow them."""
-    lines = []
-    for text in (folder / "manifest.jsonl").read_text().splitlines():
+SHIFT_PIXELS = 3
+PRETRAIN_MANIFEST = "pretrain.jsonl"
+
+
+def write_pretraining_manifest(folder: Path, recipe: FamilyRecipe) -> Path:
+    """The backbone's pretraining records over an edit-suite folder: every image reproduced from
+    itself, and each clean crop once more from a dropped source (pre/blank.png, mid-grey: zero
+    after the pixel VAE) or a shifted one (pre/*.png), by the recipe's shares and seed. The
+    instructions are the suite's: the backbone learns to keep its input, not to follow them."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    (folder / "pre").mkdir(exist_ok=True)
+    blank = "pre/blank.png"
+    save_png(torch.full((64, 64, 3), 128 / 255), folder / blank)
+    lines, clean = [], {}
+    for text in (folder / LABELS).read_text().splitlines():
         record = json.loads(text)
-        for image in (record["source"], record["target"]):
+        spec = DIRECTIONS[record["task"]]
+        for image, state in ((record["source"], spec.source_state), (record["target"], spec.target_state)):
             lines.append(json.dumps({"source": image, "target": image, "instruction": record["instruction"]}))
-    path = folder / name
+            if state == "clean":
+                clean.setdefault(image, record["instruction"])
+    for number, (image, instruction) in enumerate(clean.items()):
+        draw = float(torch.rand((), generator=generator))
+        if draw < recipe.source_dropout:
+            source = blank
+        elif draw < recipe.source_dropout + recipe.source_shift:
+            dy = dx = 0
+            while dy == dx == 0:
+                dy, dx = (int(v) for v in torch.randint(-SHIFT_PIXELS, SHIFT_PIXELS + 1, (2,), generator=generator))
+            source = f"pre/shift_{number:05d}.png"
+            save_png(torch.roll(load_png(folder / image), (dy, dx), (0, 1)), folder / source)
+        else:
+            continue
+        lines.append(json.dumps({"source": source, "target": image, "instruction": instruction}))
+    path = folder / PRETRAIN_MANIFEST
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=print) -> list[float]:
-    """Build the demo backbone from the seed, train it to reconstruct, save it; returns the losses."""
+    """Build the demo backbone from the seed, pretrain it as a denoiser that keeps its input, save it;
+    returns the losses."""
     import_comfy("auto")
     state_dict, config = build_demo_backbone(seed=recipe.seed)
     model, clip, vae = assemble_demo_backbone(state_dict, config)
     backbone = TrainableBackbone(model, clip, vae, "instruct_pix2pix")
-    dataset = EditDataset(read_manifest(data, "reconstruct.jsonl"))
+    dataset = EditDataset(read_manifest(data, PRETRAIN_MANIFEST))
     schedule = StaticSchedule(steps=recipe.pretrain_steps, batch_size=recipe.batch_size, lr=recipe.pretrain_lr,
                               warmup_steps=recipe.warmup_steps, seed=recipe.seed)
     started = time.monotonic()
@@ -119,6 +161,14 @@ def generator_config(work: Path, backbone_file: Path, encoder: Path, recipe: Fam
     }
 
 
+def loss_curve(losses: list[float], points: int = 50) -> dict:
+    """A loss curve for family.json: the mean of each of `points` equal windows of steps, and its ends."""
+    window = max(1, len(losses) // points)
+    means = [sum(losses[i:i + window]) / len(losses[i:i + window]) for i in range(0, len(losses), window)]
+    return {"first": means[0], "last": means[-1], "window": window, "steps": len(losses),
+            "curve": [round(m, 5) for m in means]}
+
+
 def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(), log=print) -> Path:
     """Run the whole recipe; write the family into `out` (ComfyUI's models layout); returns `out`."""
     started = time.monotonic()
@@ -127,12 +177,17 @@ def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(),
     if data.exists():
         shutil.rmtree(data)
     write_edit_dataset(data, "train", recipe.per_direction, seed=recipe.seed)
-    write_reconstruction_manifest(data)
-    log(f"[demo-family] training split: {recipe.per_direction} edits x 8 directions in {data}")
+    write_pretraining_manifest(data, recipe)
+    log(f"[demo-family] training split: {recipe.per_direction} edits x {len(DIRECTIONS)} directions in {data}")
 
     backbone_file = work / "backbone.safetensors"
     pretrain_losses = pretrain_backbone(data, backbone_file, recipe, log)
-    encoder = build_tiny_siglip2(work / "encoder", seed=recipe.seed)
+    encoder = work / "encoder"
+    if encoder.exists():
+        shutil.rmtree(encoder)
+    from hywu_core.demo.encoder_pretrain import pretrain_condition_encoder
+
+    encoder_losses = pretrain_condition_encoder(encoder, recipe.encoder(), log)
     run = work / "generator_run"
     if run.exists():
         shutil.rmtree(run)
@@ -148,14 +203,10 @@ def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(),
         shutil.rmtree(out / "hywu_encoders" / NAME)
     shutil.copytree(encoder, out / "hywu_encoders" / NAME)
 
-    def curve(losses: list[float]) -> dict:
-        window = max(1, len(losses) // 10)
-        return {"first": sum(losses[:window]) / window, "last": sum(losses[-window:]) / window,
-                "window": window, "steps": len(losses)}
-
     (out / "family.json").write_text(json.dumps({
-        "recipe": asdict(recipe), "command": "./hywu demo-family",
-        "backbone_pretrain_loss": curve(pretrain_losses), "generator_loss": curve(generator_losses),
+        "recipe": asdict(recipe), "encoder_recipe": asdict(recipe.encoder()), "command": "./hywu demo-family",
+        "backbone_pretrain_loss": loss_curve(pretrain_losses), "encoder_loss": loss_curve(encoder_losses),
+        "generator_loss": loss_curve(generator_losses),
         "seconds": round(time.monotonic() - started, 1)}, indent=2) + "\n")
     log(f"[demo-family] done in {time.monotonic() - started:.0f} s: {out}")
     return out

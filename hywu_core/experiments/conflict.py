@@ -1,53 +1,100 @@
-"""conflict (paper §5.1, Fig. 8): static adaptation compromises under directional conflict, PG does not.
+"""conflict (paper §5.1, Fig. 8): a static adapter compromises between opposite directions, PG does not.
 
-For each conflicting pair (e.g. blur vs deblur), with an equal training budget per method:
-Single LoRA (one per direction), Shared LoRA (one on both), SFT (the whole backbone on both) and
-HY-WU PG (a generator on both), evaluated on the held-out edits of both directions: PSNR / SSIM
-to the target, the pair's directional score, and `progress` = the achieved signed change of that
-score over the change the target makes (1 = as far as the target, 0 = no change, < 0 = the wrong way).
+For each pair of opposite directions (both kinds of hywu_core.demo.edits.PAIRS: image-dependent,
+where one instruction needs opposite edits on two source states, and same-source conflicts,
+where two instructions ask opposite edits of one clean image), every method gets the same
+training budget (Budget.conflict_steps at the recipe's batch size on the pair's training edits):
+a Single LoRA per direction, a Shared LoRA on both, SFT of the backbone on both, and a generator
+(PG) on both; all are evaluated on both directions' evaluation edits. "Single LoRA (own)" is each
+edit's output from the Single LoRA of its own direction.
+
+The claims, per pair, on directional progress: the Shared LoRA falls short of the Single LoRA on
+at least one direction (Single (own) - Shared on the pair's weaker direction, the larger of the two
+per-direction gaps, taken inside every resample) and PG keeps both directions where the Shared
+LoRA does not (PG's weaker direction minus the Shared LoRA's weaker direction).
 """
 from __future__ import annotations
 
+import torch
+
 from hywu_core.demo.edits import PAIRS
-from hywu_core.experiments import figures
-from hywu_core.experiments.context import ExperimentContext, per_direction, score_outputs
+from hywu_core.experiments import figures, stats
+from hywu_core.experiments.context import ExperimentContext, direction_table, macro_table, summarize
+from hywu_core.experiments.verdicts import claim
+
+BASE, SHARED, SFT, PG, OWN = "Base", "Shared LoRA", "SFT", "HY-WU (PG)", "Single LoRA (own)"
+SHARED_CLAIM = "a Shared LoRA trained on both directions compromises: it falls short of the Single LoRA on one"
+PG_CLAIM = "PG keeps clear behaviour on both directions where the Shared LoRA compromises"
+
+
+def single(task: str) -> str:
+    return f"Single LoRA ({task})"
 
 
 def run(ctx: ExperimentContext) -> tuple[str, dict]:
-    steps = ctx.budget.conflict_steps
-    results, lines, rows = {}, [], []
-    for pair in ctx.budget.conflict_pairs:
-        tasks = PAIRS[pair]
-        held = ctx.heldout.subset([i for i, t in enumerate(ctx.heldout.tasks) if t in tasks])
-        outputs = {"Base": ctx.sample(held)}
+    steps, b = ctx.budget.conflict_steps, ctx.budget
+    results, claims, lines, examples = {"steps": steps, "split": ctx.split, "pairs": {}}, [], [], []
+    for name in b.conflict_pairs:
+        pair = PAIRS[name]
+        tasks = pair.members
+        edits = ctx.edits.subset([i for i, t in enumerate(ctx.edits.tasks) if t in tasks])
+        n = len(edits)
+        outputs = {BASE: ctx.sample(edits)}
         for task in tasks:
-            lora = ctx.static_lora((task,), steps)
-            outputs[f"Single LoRA ({task})"] = ctx.sample(held, lora.bundle(len(held)))
-        outputs["Shared LoRA"] = ctx.sample(held, ctx.static_lora(tasks, steps).bundle(len(held)))
-        outputs["SFT"] = ctx.sample(held, backbone=ctx.sft_backbone(tasks, steps))
-        outputs["HY-WU (PG)"] = ctx.sample(held, ctx.generate(held, ctx.pg_generator(tasks, steps)))
-        table = {name: per_direction(held, score_outputs(held, out), list(tasks)) for name, out in outputs.items()}
-        results[pair] = table
-        lines += [f"### {pair} ({steps} steps x batch {ctx.recipe.batch_size} per method)", "",
-                  "| method | " + " | ".join(f"{t} PSNR | {t} SSIM | {t} progress | {t} right way"
-                                            for t in tasks) + " |",
-                  "|---|" + "---|" * (4 * len(tasks))]
-        for name, per_task in table.items():
-            cells = [f"{per_task[t]['psnr']:.2f} | {per_task[t]['ssim']:.3f} | {per_task[t]['progress']:+.2f} | "
-                     f"{per_task[t]['right_direction']:.0%}" for t in tasks]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-        figures.grouped_bars(ctx.out / f"conflict_{pair}_progress.png", f"{pair}: directional progress (held-out)",
-                             list(table), {t: [table[m][t]["progress"] for m in table] for t in tasks},
-                             "progress (1 = target)")
+            outputs[single(task)] = ctx.sample(edits, ctx.static_lora((task,), steps).bundle(n))
+        outputs[SHARED] = ctx.sample(edits, ctx.static_lora(tasks, steps).bundle(n))
+        outputs[SFT] = ctx.sample(edits, backbone=ctx.sft_backbone(tasks, steps))
+        outputs[PG] = ctx.sample(edits, ctx.generate(edits, ctx.pg_generator(tasks, steps)))
+        metrics, summaries = ctx.measure(edits, outputs, BASE)
+        first = torch.tensor([t == tasks[0] for t in edits.tasks])
+        metrics[OWN] = {m: torch.where(first, metrics[single(tasks[0])][m], metrics[single(tasks[1])][m])
+                        for m in metrics[single(tasks[0])]}
+        summaries[OWN] = summarize(edits, metrics[OWN], b.resamples)
+        progress = {k: metrics[k]["progress"] for k in (OWN, SHARED, PG)}
+        gap = stats.bootstrap(progress, edits.tasks, lambda m: (m[OWN] - m[SHARED]).max(1).values,
+                              resamples=b.resamples)
+        keeps = stats.bootstrap(progress, edits.tasks, lambda m: m[PG].min(1).values - m[SHARED].min(1).values,
+                                resamples=b.resamples)
+        per_task = {t: summaries[OWN]["per_direction"][t]["progress"]["estimate"]
+                    - summaries[SHARED]["per_direction"][t]["progress"]["estimate"] for t in tasks}
+        weaker = max(per_task, key=per_task.get)
+        pair_claims = [claim(f"§5.1 {name} ({pair.kind})", SHARED_CLAIM,
+                             "Single (own) - Shared progress on the weaker direction", gap, +1),
+                       claim(f"§5.1 {name} ({pair.kind})", PG_CLAIM,
+                             "PG - Shared progress, each on its weaker direction", keeps, +1)]
+        claims += pair_claims
+        results["pairs"][name] = {"kind": pair.kind, "directions": list(tasks), "edits": n, "methods": summaries,
+                                  "weaker_direction": weaker, "single_minus_shared_weaker": gap.as_dict(),
+                                  "pg_minus_shared_weaker": keeps.as_dict()}
+        order = [BASE, single(tasks[0]), single(tasks[1]), OWN, SHARED, SFT, PG]
+        ordered = {k: summaries[k] for k in order}
+        lines += [f"### {name} ({pair.kind}: {' vs '.join(tasks)}; {n} edits)", "",
+                  "Macro average of the two directions [95% CI]:", "", *macro_table(ordered), "",
+                  "Directional progress per direction [95% CI]:", "", *direction_table(ordered, "progress"), "",
+                  f"Weaker direction of the Shared LoRA (largest gap to the Single LoRA): {weaker}. "
+                  f"Single (own) - Shared there: {gap.text()}; PG - Shared, each on its weaker direction: "
+                  f"{keeps.text()}.", ""]
+        entries = {k: [summaries[k]["per_direction"][t]["progress"] for t in tasks] for k in order}
+        figures.grouped_bars(ctx.out / f"conflict_{name}_progress.png",
+                             f"{name}: directional progress ({ctx.split} split, 95% CI)", list(tasks),
+                             {k: [e["estimate"] for e in row] for k, row in entries.items()}, "progress (1 = target)",
+                             {k: [(e["low"], e["high"]) for e in row] for k, row in entries.items()})
         for task in tasks:
-            i = held.tasks.index(task)
-            rows.append([held.source[i], held.target[i]] + [out[i] for out in outputs.values()])
-        results[pair + "_methods"] = list(outputs)
-    header = ["source", "target", "base", "single A", "single B", "shared", "SFT", "PG"]
-    figures.image_rows(ctx.out / "conflict_examples.png", rows, header)
-    text = "\n".join(["## conflict (§5.1)", "", __doc__.split("\n\n", 1)[1].strip(), "", *lines,
-                      "Figures: " + ", ".join(f"`conflict_{p}_progress.png`" for p in ctx.budget.conflict_pairs)
-                      + ", `conflict_examples.png` (one held-out edit per direction: source, target, base, "
-                      "single LoRA of the first / second direction, shared LoRA, SFT, PG)."])
+            i = edits.tasks.index(task)
+            examples.append([edits.source[i], edits.target[i]] + [outputs[k][i] for k in
+                                                                  (BASE, single(tasks[0]), single(tasks[1]), SHARED,
+                                                                   SFT, PG)])
+    results["claims"] = claims
+    figures.image_rows(ctx.out / "conflict_examples.png", examples,
+                       ["source", "target", "base", "single 1st", "single 2nd", "shared", "SFT", "PG"])
+    figures.intervals(ctx.out / "conflict_verdicts.png", "§5.1 claims per pair (directional progress, 95% CI)", {
+        label: [(c["section"][5:], c["interval"]["estimate"], c["interval"]["low"], c["interval"]["high"])
+                for c in claims if c["paper"] == paper]
+        for label, paper in (("Single (own) - Shared, weaker direction", SHARED_CLAIM),
+                             ("PG - Shared, each on its weaker direction", PG_CLAIM))})
+    text = "\n".join(["## conflict (§5.1)", "", ctx.heading(), "", __doc__.split("\n\n", 1)[1].strip(), "",
+                      f"Every trained method: {steps} steps x batch {ctx.recipe.batch_size} per pair.", "", *lines,
+                      "Figures: " + ", ".join(f"`conflict_{p}_progress.png`" for p in b.conflict_pairs)
+                      + ", `conflict_verdicts.png`, `conflict_examples.png` (one edit per direction: source, target, "
+                      "base, the Single LoRAs of the pair's first and second direction, Shared LoRA, SFT, PG)."])
     return text, results

@@ -15,18 +15,47 @@ def _pyplot():
     return plt
 
 
-def grouped_bars(path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str) -> Path:
-    """One group of bars per entry of `groups`, one bar per series."""
+def grouped_bars(path: Path, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str,
+                 intervals: dict[str, list[tuple[float, float]]] | None = None) -> Path:
+    """One group of bars per entry of `groups`, one bar per series; `intervals` (low, high) per bar
+    are drawn as error bars."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(series)) / 3), 3.6))
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 1.2 * len(groups) * max(1, len(series)) / 3)), 4))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
-        ax.bar([i + k * width for i in range(len(groups))], values, width, label=name)
+        x = [i + k * width for i in range(len(groups))]
+        ax.bar(x, values, width, label=name)
+        if intervals and name in intervals:
+            low = [v - lo if lo == lo else 0.0 for v, (lo, _) in zip(values, intervals[name])]   # nan: no bar
+            high = [hi - v if hi == hi else 0.0 for v, (_, hi) in zip(values, intervals[name])]
+            ax.errorbar(x, values, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=20, ha="right")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def intervals(path: Path, title: str, panels: dict[str, list[tuple[str, float, float, float]]]) -> Path:
+    """Forest plots side by side, one per panel (its x label): a row per (label, estimate, low, high),
+    a line at 0; green / red when the interval is above / below 0, grey when it holds 0 (or is nan)."""
+    plt = _pyplot()
+    rows = max(len(r) for r in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + 2, 1 + 0.32 * rows), squeeze=False)
+    for ax, (xlabel, entries) in zip(axes[0], panels.items()):
+        for y, (_, estimate, low, high) in enumerate(entries):
+            colour = "tab:green" if low > 0 else "tab:red" if high < 0 else "tab:gray"
+            ax.plot([low, high], [y, y], color=colour, linewidth=2)
+            ax.plot([estimate], [y], "o", color=colour, markersize=4)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_yticks(range(len(entries)), [e[0] for e in entries], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel, fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

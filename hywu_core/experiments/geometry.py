@@ -1,45 +1,61 @@
-"""geometry (paper §5.4): generated LoRAs are organised by what the input asks for.
+"""geometry (paper §5.4, Fig. 11): generated LoRAs are organised by what the input asks for.
 
-Each held-out edit's generated LoRA is taken as its full weight update dW = scale * B A over every
-adapted module; similarity is the cosine of those updates (computed from r x r Gram products,
-never forming dW). For each LoRA, its k nearest neighbours in that space: how often they share
-the edit's direction, its conflicting opposite, or its source image, against the same rates
-over all pairs (random pairs). The input side: cosine of the mean-pooled condition U, for the
-kNN pairs vs random pairs. The map is a 2-D classical MDS of the update cosines.
+Each evaluation edit's generated LoRA is taken as its full weight update dW = scale * B A over every
+adapted module (an expert group: each expert's own update); similarity is the cosine of those
+updates (from r x r Gram products, never forming dW). For each LoRA (a query) its K nearest
+neighbours: the share that are of the query's direction, of the opposite direction of its pair,
+or from its source image, against the same share over all other edits (random pairs); and the
+mean cosine of the mean-pooled condition U (the input side, as the paper's image / text
+similarity) over the neighbours against all other edits. Intervals resample queries (stratified
+by direction; the neighbours stay those of the full set). The claim: kNN same-direction rate
+minus random > 0 (and, as Fig. 11, kNN condition cosine minus random > 0). The map is a 2-D
+classical MDS of the update cosines.
 """
 from __future__ import annotations
 
 import torch
 
-from hywu_core.demo.edits import DIRECTIONS, direction
-from hywu_core.experiments import figures
+from hywu_core.demo.edits import DIRECTIONS, PAIRS, direction
+from hywu_core.experiments import figures, stats
 from hywu_core.experiments.context import ExperimentContext
+from hywu_core.experiments.verdicts import claim
 from hywu_core.lora import LoRABundle
 
 K = 5
+SAME, OPPOSITE, SOURCE = "same direction", "opposite direction (same pair)", "same source image"
+CLAIM = "LoRAs near each other in generated parameter space come from similar inputs, more than random pairs"
 
 
 def update_cosines(bundle: LoRABundle) -> torch.Tensor:
-    """(N, N) cosine between the weight updates B_i A_i of all rows, over every module."""
+    """(N, N) cosine between the weight updates B_i A_i of all rows, over every module (and expert)."""
     n = bundle.batch_size
     inner = torch.zeros(n, n, dtype=torch.float64)
     for path in bundle.spec.module_paths():
-        a = bundle.A[path].double().reshape(n, -1, bundle.A[path].shape[-1])   # (N, [E*]r, d_in)
-        b = bundle.B[path].double()
-        b = b.reshape(n, -1, b.shape[-2], b.shape[-1]).transpose(1, 2).reshape(n, b.shape[-2], -1)  # (N, d_out, [E*]r)
-        inner += (torch.einsum("nor,mos->nmrs", b, b) * torch.einsum("nrd,msd->nmrs", a, a)).sum((-1, -2))
+        a, b = bundle.A[path].double(), bundle.B[path].double()
+        if a.dim() == 3:                       # (N, r, d_in), (N, d_out, r): one expert
+            a, b = a[:, None], b[:, None]
+        gram_b = torch.einsum("neor,meos->nmers", b, b)    # (N, N, E, r, r)
+        gram_a = torch.einsum("nerd,mesd->nmers", a, a)
+        inner += (gram_b * gram_a).sum((-1, -2, -3))
     norms = inner.diagonal().clamp_min(1e-300).sqrt()
     return (inner / norms[:, None] / norms[None, :]).float()
 
 
-def neighbour_rates(similarity: torch.Tensor, relations: dict[str, torch.Tensor], k: int = K) -> dict:
+def nearest(similarity: torch.Tensor, k: int = K) -> torch.Tensor:
+    """(N, k) indices of each item's k most similar other items."""
+    n = similarity.shape[0]
+    masked = similarity.masked_fill(torch.eye(n, dtype=torch.bool), float("-inf"))
+    return masked.topk(min(k, n - 1), dim=1).indices
+
+
+def neighbour_rates(similarity: torch.Tensor, relations: dict[str, torch.Tensor], k: int = K):
+    """Per query and relation: the share of its k nearest neighbours in the relation ("knn") and
+    the share of all other items ("random"), each (N,); and the neighbour indices."""
     n = similarity.shape[0]
     off = ~torch.eye(n, dtype=torch.bool)
-    masked = similarity.masked_fill(~off, float("-inf"))
-    knn = masked.topk(min(k, n - 1), dim=1).indices
-    rates = {}
-    for name, relation in relations.items():
-        rates[name] = {"knn": float(relation.gather(1, knn).float().mean()), "random": float(relation[off].float().mean())}
+    knn = nearest(similarity, k)
+    rates = {name: {"knn": relation.gather(1, knn).double().mean(1),
+                    "random": (relation & off).double().sum(1) / (n - 1)} for name, relation in relations.items()}
     return rates, knn
 
 
@@ -53,46 +69,52 @@ def mds(similarity: torch.Tensor) -> torch.Tensor:
 
 
 def run(ctx: ExperimentContext) -> tuple[str, dict]:
-    held = ctx.heldout
-    bundle = ctx.generate(held)
+    edits, resamples = ctx.edits, ctx.budget.resamples
+    bundle = ctx.generate(edits)
     similarity = update_cosines(bundle.to("cpu"))
-    tasks = held.tasks
-    pair_of = [direction(t).pair for t in tasks]
-    relations = {
-        "same direction": torch.tensor([[a == b for b in tasks] for a in tasks]),
-        "conflicting direction (same pair)": torch.tensor([[pa == pb and a != b for b, pb in zip(tasks, pair_of)]
-                                                           for a, pa in zip(tasks, pair_of)]),
-        "same source image": torch.tensor([[a == b for b in held.images] for a in held.images]),
-    }
+    tasks = edits.tasks
+    opposite = {t: next(m for m in PAIRS[direction(t).pair].members if m != t) for t in tasks}
+    relations = {SAME: torch.tensor([[a == b for b in tasks] for a in tasks]),
+                 OPPOSITE: torch.tensor([[opposite[a] == b for b in tasks] for a in tasks]),
+                 SOURCE: torch.tensor([[a == b for b in edits.images] for a in edits.images])}
     rates, knn = neighbour_rates(similarity, relations)
-    cond, mask = ctx.encoder.encode(held.source, held.instructions)
+    cond, mask = ctx.encoder.encode(edits.source, edits.instructions)
     pooled = (cond.float() * mask[..., None].float()).sum(1) / mask.float().sum(1, keepdim=True)
-    pooled = torch.nn.functional.normalize(pooled.cpu(), dim=1)
+    pooled = torch.nn.functional.normalize(pooled.cpu().double(), dim=1)
     condition = pooled @ pooled.T
-    n = len(held)
+    n = len(edits)
     off = ~torch.eye(n, dtype=torch.bool)
-    within = [float(similarity[relations["same direction"] & off].mean()),
-              float(similarity[relations["conflicting direction (same pair)"]].mean()),
-              float(similarity[~relations["same direction"] & ~relations["conflicting direction (same pair)"]].mean())]
-    results = {"k": K, "edits": n, "neighbour_rates": rates,
-               "condition_cosine": {"knn": float(condition.gather(1, knn).mean()), "random": float(condition[off].mean())},
-               "update_cosine": {"same direction": within[0], "conflicting direction": within[1],
-                                 "other directions": within[2]}}
+    rates["condition cosine"] = {"knn": condition.gather(1, knn).mean(1),
+                                 "random": (condition * off).sum(1) / (n - 1)}
+    table, claims = {}, []
+    for name, r in rates.items():
+        entry = {side: stats.macro_interval(r[side], tasks, resamples=resamples) for side in ("knn", "random")}
+        entry["knn - random"] = stats.paired_difference(r["knn"], r["random"], tasks, resamples=resamples)
+        table[name] = {k: v.as_dict() for k, v in entry.items()}
+        if name in (SAME, "condition cosine"):
+            claims.append(claim("§5.4", CLAIM, f"kNN (k={K}) minus random, {name}", entry["knn - random"], +1))
+    results = {"k": K, "edits": n, "split": ctx.split, "neighbours": table, "claims": claims,
+               "update_cosine": {g: float(similarity[m & off].mean()) if (m & off).any() else None
+                                 for g, m in (("same direction", relations[SAME]),
+                                              ("opposite direction", relations[OPPOSITE]),
+                                              ("other directions", ~relations[SAME] & ~relations[OPPOSITE]))}}
     figures.scatter(ctx.out / "geometry_map.png", "generated LoRA updates (MDS of cosines), by direction",
                     mds(similarity), tasks)
     order = [i for t in DIRECTIONS for i in range(n) if tasks[i] == t]
     figures.matrix(ctx.out / "geometry_update_cosine.png", "update cosine, edits sorted by direction",
                    [tasks[i] if k % max(1, n // len(DIRECTIONS)) == 0 else "" for k, i in enumerate(order)],
                    similarity[order][:, order])
-    lines = [f"| relation to the query edit | share among its {K} nearest LoRAs | share among all pairs |",
-             "|---|---|---|"]
-    lines += [f"| {name} | {v['knn']:.2f} | {v['random']:.2f} |" for name, v in rates.items()]
-    c = results["condition_cosine"]
+    lines = [f"| relation to the query edit | among its {K} nearest LoRAs | among all other edits | kNN - random |",
+             "|---|---|---|---|"]
+    for name, entry in table.items():
+        lines.append(f"| {name} | " + " | ".join(stats.Interval(**entry[s]).text(".3f" if s != "knn - random"
+                                                                                  else "+.3f")
+                                                 for s in ("knn", "random", "knn - random")) + " |")
     u = results["update_cosine"]
-    text = "\n".join(["## geometry (§5.4)", "", __doc__.split("\n\n", 1)[1].strip(), "", f"{n} held-out edits.", "",
+    text = "\n".join(["## geometry (§5.4)", "", ctx.heading(), "", __doc__.split("\n\n", 1)[1].strip(), "",
+                      f"{n} edits, k = {K}; each row: mean over queries (macro over directions) [95% CI].", "",
                       *lines, "",
-                      f"Condition cosine (mean-pooled U): kNN pairs {c['knn']:.3f}, random pairs {c['random']:.3f}.",
-                      f"Mean update cosine: same direction {u['same direction']:+.3f}, conflicting direction "
-                      f"{u['conflicting direction']:+.3f}, other directions {u['other directions']:+.3f}.", "",
+                      "Mean update cosine (point estimates): " + ", ".join(
+                          f"{g} {v:+.3f}" if v is not None else f"{g} -" for g, v in u.items()) + ".", "",
                       "Figures: `geometry_map.png`, `geometry_update_cosine.png`."])
     return text, results

@@ -15,7 +15,9 @@ EDIT_WORDS = (
     "blur blurry deblur sharp sharpen sharper denoise noise noisy clean colorize color colour "
     "grayscale black white brighten brighter darken darker light dark contrast saturation "
     "warm cool red green blue yellow sky background foreground person face hair outfit style "
-    "base first second image1 image2 edit restore old vintage sketch painting cartoon"
+    "base first second image1 image2 edit restore old vintage sketch painting cartoon "
+    "fix correct right normal natural colours colors exposure repair give boost stronger weaker fade mute "
+    "muted vivid colorful saturate desaturate blurred sharpened underexposed overexposed bright"
 ).split()
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # Gemma's order, as in SigLIP2
 CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()"

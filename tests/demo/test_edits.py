@@ -1,6 +1,6 @@
-"""The demo edit suite (hywu_core.demo.images / edits, paper §5.1): offline source images with a
-held-out split by source image, the four conflicting edit pairs and their scores, PSNR/SSIM, and
-the dataset folders the trainer reads."""
+"""The demo edit suite (hywu_core.demo.images / edits, paper §5.1): offline source images in three
+disjoint splits by source image, the image-dependent pairs and same-source conflicts and their
+scores, PSNR/SSIM and the artefact metrics, and the dataset folders the trainer reads."""
 import json
 import os
 import subprocess
@@ -35,7 +35,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def heldout_pool():
-    return I.crop_pool("heldout")
+    return I.crop_pool("test")
 
 
 def test_skimage_samples_are_read_offline_from_the_wheel():
@@ -49,27 +49,27 @@ def test_skimage_samples_are_read_offline_from_the_wheel():
         ours = I._skimage_array(name)
         theirs = skimage.data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(skimage.data, name)()
         assert ours.dtype == np.uint8 and np.array_equal(ours, theirs), name
-    assert set(I.SKIMAGE_TRAIN) | set(I.SKIMAGE_HELDOUT) == set(I.SKIMAGE_FILES)
+    assert set(I.SKIMAGE_TRAIN) | set(I.SKIMAGE_VAL) | set(I.SKIMAGE_TEST) == set(I.SKIMAGE_FILES)
 
 
-def test_pool_is_fixed_and_heldout_sources_never_appear_in_training(heldout_pool):
-    train = I.crop_pool("train")
-    assert set(I.TRAIN_SOURCES).isdisjoint(I.HELDOUT_SOURCES)
-    assert {c.source for c in train} == set(I.TRAIN_SOURCES)
-    assert {c.source for c in heldout_pool} == set(I.HELDOUT_SOURCES)
-    assert len(train) == I.PER_SOURCE * len(I.TRAIN_SOURCES)
-    assert len(heldout_pool) == I.PER_SOURCE * len(I.HELDOUT_SOURCES)
-    sources = {name: I.load_source(name) for name in I.TRAIN_SOURCES + I.HELDOUT_SOURCES}
+def test_the_three_splits_are_fixed_and_share_no_source_image(heldout_pool):
+    train, val = I.crop_pool("train"), I.crop_pool("val")
+    splits = (I.TRAIN_SOURCES, I.VAL_SOURCES, I.TEST_SOURCES)
+    assert len(set().union(*splits)) == sum(len(s) for s in splits)
+    for pool, names in ((train, I.TRAIN_SOURCES), (val, I.VAL_SOURCES), (heldout_pool, I.TEST_SOURCES)):
+        assert {c.source for c in pool} == set(names)
+        assert len(pool) == I.PER_SOURCE * len(names)
+    sources = {name: I.load_source(name) for name in I.TRAIN_SOURCES + I.VAL_SOURCES + I.TEST_SOURCES}
     canvases = list(sources.values())
     for i, a in enumerate(canvases):  # no source image is another one under a second name
         assert all(a.shape != b.shape or not torch.equal(a, b) for b in canvases[i + 1:])
-    for crop in train + heldout_pool:
+    for crop in train + val + heldout_pool:
         assert crop.image.dtype == torch.float32 and crop.image.shape == (64, 64, 3)
         assert 0 <= crop.image.min() and crop.image.max() <= 1 and I.crop_is_usable(crop.image)
         assert torch.equal(crop.image, sources[crop.source][crop.top:crop.top + 64, crop.left:crop.left + 64])
     I._crop_pool.cache_clear()
     I._load_source.cache_clear()
-    again = I.crop_pool("heldout")
+    again = I.crop_pool("test")
     assert [(c.source, c.top, c.left) for c in again] == [(c.source, c.top, c.left) for c in heldout_pool]
     assert all(torch.equal(a.image, b.image) for a, b in zip(again, heldout_pool))
 
@@ -78,16 +78,46 @@ def test_every_edit_moves_its_score_the_right_way_on_every_heldout_image(heldout
     clean = torch.stack([c.image for c in heldout_pool])
     for task, spec in E.DIRECTIONS.items():
         source, target = E.edit_pair(task, clean, torch.Generator().manual_seed(0))
-        forward = E.forward_edit(task, clean, torch.Generator().manual_seed(0))
-        assert torch.equal(source if spec.inverse else target, forward)
-        assert torch.equal(target if spec.inverse else source, clean)
+        assert torch.equal(source, E.put_in_state(spec.source_state, clean, torch.Generator().manual_seed(0)))
+        assert torch.equal(clean, source if spec.source_state == "clean" else target)
         for stored in (False, True):  # as computed, and as the 8-bit PNGs of a dataset hold it
             s, t = (E.quantize(source), E.quantize(target)) if stored else (source, target)
             gain = E.directional_gain(task, s, t)
             assert gain.shape == (len(heldout_pool),)
             assert (gain > 0).all(), (task, stored, [heldout_pool[i].source for i in torch.nonzero(gain <= 0)])
-            partner = next(other for other in E.PAIRS[spec.pair] if other != task)
-            assert (E.directional_gain(partner, s, t) < 0).all(), (task, partner)
+
+
+def test_pairs_are_image_dependent_or_same_source_conflicts(heldout_pool):
+    """An image-dependent pair shares its phrasings and its target (the clean crop) and differs in
+    its source; a conflict shares its (clean) source and asks opposite things of it."""
+    clean = torch.stack([c.image for c in heldout_pool[:8]])
+    assert {t for pair in E.PAIRS.values() for t in pair.members} == set(E.DIRECTIONS)
+    kinds = {pair.kind for pair in E.PAIRS.values()}
+    assert kinds == {"image-dependent", "conflict"}
+    for pair in E.PAIRS.values():
+        a, b = (E.DIRECTIONS[t] for t in pair.members)
+        assert a.pair == b.pair == pair.name
+        assert (a.score, a.sign) == (b.score, -b.sign) or pair.name == "restore"  # restore: sharpness up, noise down
+        (source_a, target_a), (source_b, target_b) = (E.edit_pair(t, clean, torch.Generator().manual_seed(0))
+                                                      for t in pair.members)
+        if pair.kind == "image-dependent":
+            assert a.phrasings == b.phrasings and torch.equal(target_a, target_b)
+            assert not torch.equal(source_a, source_b)
+        else:
+            assert not set(a.phrasings) & set(b.phrasings) and torch.equal(source_a, source_b)
+            assert not torch.equal(target_a, target_b)
+
+
+def test_artefact_metrics_see_grain_and_the_patch_grid(heldout_pool):
+    clean = torch.stack([c.image for c in heldout_pool[:16]])
+    noisy = E.put_in_state("noisy", clean, torch.Generator().manual_seed(0))
+    assert (E.noise_sigma(noisy) > E.noise_sigma(clean) + 0.01).all()
+    blocky = clean.reshape(16, 16, 4, 16, 4, 3).mean((2, 4), keepdim=True).expand(16, 16, 4, 16, 4, 3)
+    blocky = blocky.reshape(clean.shape)
+    assert (E.patch_artefact(blocky) > 1.0).all()
+    assert E.patch_artefact(clean).abs().median() < 0.2
+    flat = torch.full((2, 32, 32, 3), 0.5)
+    assert torch.equal(E.patch_artefact(flat), torch.full((2,), -1.0))
 
 
 def test_scores_and_filters_have_known_values():
@@ -104,6 +134,8 @@ def test_scores_and_filters_have_known_values():
     red = torch.zeros(8, 8, 3)
     red[..., 0] = 0.8
     assert E.saturation(red) == 1 and E.saturation(E.to_grayscale(red)) == 0
+    assert torch.equal(E.scale_chroma(red, 0.0), E.to_grayscale(red)) and torch.equal(E.scale_chroma(red, 1.0), red)
+    assert torch.allclose(E.sharpen(flat), flat, atol=1e-6)
     assert torch.allclose(E.brightness(red), torch.tensor(0.299 * 0.8))
     assert E.brightness(torch.ones(8, 8, 3)) == pytest.approx(1.0)
     assert torch.allclose(E.brighten(flat), torch.full_like(flat, 0.7)) and torch.allclose(E.darken(flat), 0.6 * flat)
@@ -144,53 +176,55 @@ def test_phrasings_vary_within_the_tiny_tokenizer_vocabulary(heldout_pool):
         for phrasing in spec.phrasings:
             assert set(phrasing.split()) <= set(EDIT_WORDS), (task, phrasing)
             assert len(phrasing.encode()) <= 64 and len(phrasing.split()) <= 15
-            assert seen.setdefault(phrasing, task) == task, f"{phrasing!r} labels two directions"
-    assert {t for pair in E.PAIRS.values() for t in pair} == set(E.DIRECTIONS)
-    edits = E.make_edits("heldout", 16, seed=0)
+            owner = seen.setdefault(phrasing, spec.pair if E.PAIRS[spec.pair].kind == "image-dependent" else task)
+            assert owner in (task, spec.pair), f"{phrasing!r} labels two directions"
+    edits = E.make_edits("test", 16, seed=0)
     for task in E.DIRECTIONS:
         assert len(set(edits.by_task(task).instructions)) >= 3, task
 
 
 WRITE = ("import sys; from hywu_core.demo.edits import write_edit_dataset; "
-         "write_edit_dataset(sys.argv[1], 'heldout', 2, seed=3)")
+         "write_edit_dataset(sys.argv[1], 'test', 2, seed=3)")
 
 
 def test_written_dataset_is_bitwise_reproducible_and_the_trainer_reads_it(tmp_path, heldout_pool):
     from PIL import Image
 
-    manifest = E.write_edit_dataset(tmp_path / "a", "heldout", 2, seed=3)
+    manifest = E.write_edit_dataset(tmp_path / "a", "test", 2, seed=3)
     env = dict(os.environ, PYTHONHASHSEED="12345", OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-c", WRITE, str(tmp_path / "b")], cwd=REPO, env=env, check=True, timeout=120)
-    E.write_edit_dataset(tmp_path / "c", "heldout", 2, seed=4)
+    E.write_edit_dataset(tmp_path / "c", "test", 2, seed=4)
     first = folder_bytes(tmp_path / "a")
     assert first == folder_bytes(tmp_path / "b")  # another process and hash salt: same bytes
-    assert len(first) == 2 * 16 + 2 and first != folder_bytes(tmp_path / "c")
+    n = 2 * len(E.DIRECTIONS)
+    assert len(first) == 2 * n + 2 and first != folder_bytes(tmp_path / "c")
 
     lines = manifest.read_text().splitlines()
     labels = [json.loads(line) for line in (tmp_path / "a" / E.LABELS).read_text().splitlines()]
-    assert len(lines) == len(labels) == 16
+    assert len(lines) == len(labels) == n
     for line, label in zip(lines, labels):
         record = json.loads(line)
         assert set(record) == {"source", "target", "instruction"}
         assert {k: label[k] for k in record} == record
         spec = E.DIRECTIONS[label["task"]]
         assert record["instruction"] in spec.phrasings and label["pair"] == spec.pair
-        assert label["image"] in I.HELDOUT_SOURCES and label["split"] == "heldout" and label["seed"] == 3
+        assert label["image"] in I.TEST_SOURCES and label["split"] == "test" and label["seed"] == 3
         for key in ("source", "target"):
             with Image.open(tmp_path / "a" / record[key]) as image:
                 assert (image.format, image.mode, image.size) == ("PNG", "RGB", (64, 64))
     assert sorted(label["task"] for label in labels) == sorted(list(E.DIRECTIONS) * 2)
-    for one, other in E.PAIRS.values():  # both directions of a pair at one index share the crop
+    for pair in E.PAIRS.values():  # both directions of a pair at one index share the crop
         for index in range(2):
-            a, b = (next(lab for lab in labels[8 * index:8 * index + 8] if lab["task"] == t) for t in (one, other))
+            a, b = (next(lab for lab in labels[n // 2 * index:n // 2 * (index + 1)] if lab["task"] == t)
+                    for t in pair.members)
             assert (a["image"], a["top"], a["left"]) == (b["image"], b["top"], b["left"])
     records = read_manifest(tmp_path / "a")
     assert [(r.source.name, r.target.name, r.instruction) for r in records] == \
         [(Path(x["source"]).name, Path(x["target"]).name, x["instruction"]) for x in labels]
 
     loaded = E.load_edit_dataset(tmp_path / "a")
-    made = E.make_edits("heldout", 2, seed=3)
-    assert loaded.source.dtype == torch.float32 and loaded.source.shape == (16, 64, 64, 3)
+    made = E.make_edits("test", 2, seed=3)
+    assert loaded.source.dtype == torch.float32 and loaded.source.shape == (n, 64, 64, 3)
     assert torch.equal(loaded.source, made.source) and torch.equal(loaded.target, made.target)
     assert (loaded.instructions, loaded.tasks, loaded.pairs, loaded.images, loaded.boxes) == \
         (made.instructions, made.tasks, made.pairs, made.images, made.boxes)
@@ -199,10 +233,11 @@ def test_written_dataset_is_bitwise_reproducible_and_the_trainer_reads_it(tmp_pa
 
 
 def test_bad_input_names_the_problem(tmp_path):
-    for call, words in [(lambda: E.make_edits("test", 1), "use one of train, heldout"),
+    for call, words in [(lambda: E.make_edits("heldout", 1), "use one of train, val, test"),
                         (lambda: E.make_edits("train", 0), "positive integer"),
-                        (lambda: E.make_edits("train", 1, tasks=("sharpen",)), "unknown edit direction 'sharpen'"),
-                        (lambda: E.forward_edit("add_noise", torch.rand(8, 8, 3)), "torch.Generator"),
+                        (lambda: E.make_edits("train", 1, tasks=("deblur",)), "unknown edit direction 'deblur'"),
+                        (lambda: E.edit_pair("restore_noisy", torch.rand(8, 8, 3)), "torch.Generator"),
+                        (lambda: E.put_in_state("foggy", torch.rand(8, 8, 3)), "unknown image state 'foggy'"),
                         (lambda: E.psnr(torch.rand(8, 8, 3), torch.rand(8, 9, 3)), "one shape"),
                         (lambda: E.ssim(torch.rand(8, 8, 3), torch.rand(8, 8, 3)), "at least 11x11"),
                         (lambda: E.gaussian_blur(torch.rand(3, 8, 8)), "(..., H, W, 3)"),
@@ -216,7 +251,7 @@ def test_bad_input_names_the_problem(tmp_path):
     with pytest.raises(E.EditSuiteError, match="not an empty folder"):
         E.write_edit_dataset(tmp_path, "train", 1)
     folder = tmp_path / "set"
-    E.write_edit_dataset(folder, "heldout", 1, tasks=("blur", "deblur"))
+    E.write_edit_dataset(folder, "test", 1, tasks=("blur", "sharpen"))
     (folder / "tgt" / "00002.png").unlink()
     with pytest.raises(E.EditSuiteError, match="line 2: image .*00002.png does not exist"):
         E.load_edit_dataset(folder)

@@ -15,8 +15,41 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
         assert (out / name).is_file(), name
     family = json.loads((out / "family.json").read_text())
     assert family["recipe"]["generator_steps"] == 3 and family["generator_loss"]["steps"] == 3
-    assert family["backbone_pretrain_loss"]["steps"] == 3
+    assert family["backbone_pretrain_loss"]["steps"] == 3 and family["encoder_loss"]["steps"] == 3
+    assert family["encoder_recipe"]["steps"] == 3 and len(family["generator_loss"]["curve"]) == 3
     model, _, _ = load_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")
     generator = load_generator(out / "hywu" / "hywu_demo.safetensors")
     generator.spec.verify(model.model.diffusion_model)
     assert generator.config.cond_dim == load_condition_encoder(out / "hywu_encoders" / "hywu_demo").width
+
+
+def test_the_backbone_pretrains_on_copies_and_on_dropped_or_shifted_sources_of_clean_crops(tmp_path):
+    """Every suite image is reproduced from itself; a share of the clean crops is also asked for from
+    a mid-grey (dropped) source or from the crop shifted by a few pixels (a denoiser, not a copier)."""
+    import torch
+
+    from hywu_core.demo.edits import DIRECTIONS, LABELS, load_png, write_edit_dataset
+    from hywu_core.demo.retrain import SHIFT_PIXELS, FamilyRecipe, write_pretraining_manifest
+
+    folder = tmp_path / "train"
+    write_edit_dataset(folder, "train", 8, seed=0)
+    recipe = FamilyRecipe(per_direction=8, source_dropout=0.3, source_shift=0.3)
+    records = [json.loads(line) for line in write_pretraining_manifest(folder, recipe).read_text().splitlines()]
+    labels = [json.loads(line) for line in (folder / LABELS).read_text().splitlines()]
+    copies = [r for r in records if r["source"] == r["target"]]
+    assert len(copies) == 2 * len(labels)
+    clean = {lab[key] for lab in labels for key, state in (("source", DIRECTIONS[lab["task"]].source_state),
+                                                           ("target", DIRECTIONS[lab["task"]].target_state))
+             if state == "clean"}
+    others = [r for r in records if r["source"] != r["target"]]
+    assert {r["target"] for r in others} <= clean
+    dropped = [r for r in others if r["source"] == "pre/blank.png"]
+    shifted = [r for r in others if r["source"].startswith("pre/shift_")]
+    assert len(dropped) + len(shifted) == len(others)
+    assert 0.15 * len(clean) < len(dropped) < 0.45 * len(clean) and 0.15 * len(clean) < len(shifted) < 0.45 * len(clean)
+    assert torch.equal(load_png(folder / "pre/blank.png"), torch.full((64, 64, 3), 128 / 255))
+    for record in shifted[:5]:
+        moved, target = load_png(folder / record["source"]), load_png(folder / record["target"])
+        assert any(torch.equal(moved, torch.roll(target, (dy, dx), (0, 1)))
+                   for dy in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1) for dx in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1)
+                   if (dy, dx) != (0, 0))
