@@ -37,10 +37,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from hywu_core.demo.edits import DIRECTIONS, PAIRS, STATES, direction, put_in_state, quantize
+from hywu_core.demo.edits import (
+    DIRECTIONS,
+    PAIRS,
+    STATES,
+    direction,
+    put_in_state,
+    quantize,
+)
 from hywu_core.demo.images import crop_pool
 from hywu_core.encoders import ConditionEncoder, load_condition_encoder
 from hywu_core.tiny_editor.encoders import build_tiny_siglip2
+from hywu_core.train.loop import WarmupCosine
 
 # Short enough for the tiny tokenizer's 16 tokens; no caption is shared by two states.
 CAPTIONS = {
@@ -163,7 +171,7 @@ def pretrain_condition_encoder(folder: str | Path, recipe: EncoderRecipe = Encod
             model.logit_scale.fill_(math.log(10.0))  # positive pair (1 in 8 here) instead of SigLIP's -10
             model.logit_bias.fill_(-math.log(len(names) - 1))
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, recipe))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(recipe.warmup_steps, recipe.steps, 0.0))
         for step in range(recipe.steps):
             picks = torch.randint(len(crops), (recipe.batch_size,), generator=generator)
             images = _augment(crops[picks], generator, recipe.permute_channels)
@@ -231,14 +239,6 @@ def _coefficient_scale(encoder: ConditionEncoder, crops: Tensor, patch_size: int
     """The std of every DCT coefficient of the model's input patches over the clean training crops."""
     pixels = torch.cat([encoder._pixel_inputs([crops[i:i + 256]])["pixel_values"] for i in range(0, len(crops), 256)])
     return FrequencyBasis.coefficients(pixels.flatten(0, 1), patch_size).std(0).clamp_min(floor)
-
-
-def _lr_factor(step: int, recipe: EncoderRecipe) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < recipe.warmup_steps:
-        return (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _pick(options: tuple[str, ...], generator: torch.Generator) -> str:
