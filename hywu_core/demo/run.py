@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(work)
         server = ComfyServer(Path(os.environ["COMFYUI_DIR"]), workdir=work, log_path=work / "comfyui.log",
                              models_dir=linked_models(args.models, work / "models"))
-        print(f"[hywu demo] starting ComfyUI ({server.url}) ...", file=sys.stderr)
+        print("[hywu demo] starting ComfyUI ...", file=sys.stderr)
         with server:
+            print(f"[hywu demo] ComfyUI is up at {server.url}", file=sys.stderr)
             client = ComfyClient(server.url)
             template = load_api_workflow(WORKFLOW)
             uploaded, rows = {}, []

@@ -1,4 +1,5 @@
 """`./hywu demo`: edits bundled inputs through a headless ComfyUI and writes the side-by-side PNG."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ def test_demo_runs_the_workflow_and_writes_the_side_by_side(hywu, comfy_lib, tmp
     assert grid == out.resolve() / "side_by_side.png" and grid.is_file()
     assert Image.open(grid).size == (3 * 128 + 4 * 8, 40 + 4 * (18 + 128 + 8))
     assert '"blur the image" on photo1.png' in result.stderr
+    assert re.search(r"ComfyUI is up at http://127\.0\.0\.1:\d+\n", result.stderr), result.stderr
     pairs = sorted(out.glob("*__hywu.png"))
     assert len(pairs) == 4
     for edited in pairs:
