@@ -300,8 +300,12 @@ class ExperimentContext:
 
     def sample(self, edits: EditSet, bundle=None, backbone=None) -> Tensor:
         """Every edit sampled with row i of `bundle` (None: no LoRA) on `backbone` (default: the family's)."""
+        return self.sample_prompts(edits.source, edits.instructions, bundle, backbone)
+
+    def sample_prompts(self, source: Tensor, instructions: list[str], bundle=None, backbone=None) -> Tensor:
+        """Source i under instruction i, sampled with the budget's sampler settings (see sample)."""
         b = self.budget
-        return sample_edits(backbone or self.backbone, edits.source, edits.instructions, [], bundle, seed=0,
+        return sample_edits(backbone or self.backbone, source, instructions, [], bundle, seed=0,
                             steps=b.sample_steps, cfg=b.cfg)
 
     def measure(self, edits: EditSet, outputs: dict[str, Tensor], base: str) -> tuple[dict, dict]:

@@ -5,14 +5,48 @@ every metric per direction with its bootstrap 95% interval. Run on the val split
 demo's shown edits are chosen from (hywu_core.demo.run.DEMO_EDITS): directions whose HY-WU output
 moves the right way on every val edit, with no more grain than its target. Also the grain of every
 output against its own source (noise_sigma(output) - noise_sigma(source)): the base backbone should
-add none. Cheap: nothing is trained.
+add none. And free text: the base backbone on clean crops of the split under prompts no edit of the
+suite uses (FREE_PROMPTS: what people type, the empty prompt included), where it should keep its
+input: PSNR to the source per prompt, and the share of broken outputs (below BROKEN_PSNR; a brittle
+backbone draws 4x4 patch noise there). Cheap: nothing is trained.
 """
 from __future__ import annotations
 
-from hywu_core.demo.edits import DIRECTIONS, noise_sigma
+import torch
+
+from hywu_core.demo.edits import DIRECTIONS, noise_sigma, psnr
+from hywu_core.demo.images import crop_pool
+from hywu_core.experiments import stats
 from hywu_core.experiments.context import ExperimentContext, cell, direction_table, macro_table, summarize
 
 BASE, HYWU = "Base", "HY-WU (PG)"
+# None of these is a phrasing of the suite (hywu_core.demo.edits.DIRECTIONS); the first two are the
+# example workflows' own instructions.
+FREE_PROMPTS = ("make the image brighter", "make the image darker", "a photo", "edit the image",
+                "turn it into a watercolour painting", "remove the cat", "")
+BROKEN_PSNR = 20.0   # dB to the source
+
+
+def free_text(ctx: ExperimentContext) -> dict:
+    """The base backbone on 2 x Budget.per_direction clean crops of the split (evenly spaced over its
+    pool) under each of FREE_PROMPTS: PSNR to the source and the broken share (< BROKEN_PSNR), per
+    prompt and macro-averaged over the prompts, each with its bootstrap 95% interval."""
+    pool = crop_pool(ctx.split)
+    count = 2 * ctx.budget.per_direction
+    source = torch.stack([crop.image for crop in pool[::max(1, len(pool) // count)][:count]])
+    prompts = [p for p in FREE_PROMPTS for _ in range(len(source))]
+    outputs = ctx.sample_prompts(source.repeat(len(FREE_PROMPTS), 1, 1, 1), prompts)
+    values = psnr(outputs, source.repeat(len(FREE_PROMPTS), 1, 1, 1)).double()
+    broken = (values < BROKEN_PSNR).double()
+    options = {"resamples": ctx.budget.resamples}
+    return {"crops": len(source), "broken_below_db": BROKEN_PSNR,
+            "macro": {"psnr": stats.macro_interval(values, prompts, **options).as_dict(),
+                      "broken": stats.macro_interval(broken, prompts, **options).as_dict()},
+            "per_prompt": {p: {"psnr": stats.mean_interval(values[i * len(source):(i + 1) * len(source)],
+                                                           **options).as_dict(),
+                               "broken": stats.mean_interval(broken[i * len(source):(i + 1) * len(source)],
+                                                             **options).as_dict()}
+                           for i, p in enumerate(FREE_PROMPTS)}}
 
 
 def run(ctx: ExperimentContext) -> tuple[str, dict]:
@@ -24,8 +58,11 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
                 and summaries[HYWU]["per_direction"][t]["grain"]["estimate"] < 0.01]
     against_source = {name: summarize(edits, {"grain": (noise_sigma(out) - noise_sigma(edits.source)).double()},
                                       ctx.budget.resamples) for name, out in outputs.items()}
+    free = free_text(ctx)
     results = {"edits": len(edits), "split": ctx.split, "variants": summaries, "showable": showable,
-               "grain_vs_source": against_source}
+               "grain_vs_source": against_source, "free_text": free}
+    free_rows = [f'| "{p}" | {cell(r["psnr"], "psnr")} | {cell(r["broken"], "right_way")} |'
+                 for p, r in free["per_prompt"].items()]
     text = "\n".join([
         "## family (the shipped family per direction)", "", ctx.heading(), "", __doc__.split("\n\n", 1)[1].strip(), "",
         "Macro average of per-direction means [95% CI]:", "", *macro_table(summaries), "",
@@ -35,5 +72,8 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
         *direction_table(against_source, "grain"), "",
         "Macro average: " + ", ".join(f"{name} {cell(s['macro']['grain'], 'grain')}"
                                       for name, s in against_source.items()) + ".", "",
-        f"Right way on every edit with grain below 0.01: {', '.join(showable) or 'none'}."])
+        f"Right way on every edit with grain below 0.01: {', '.join(showable) or 'none'}.", "",
+        f"Free text: the base backbone on {free['crops']} clean crops under prompts no edit uses [95% CI]:", "",
+        f"| prompt | PSNR to the source dB | broken (< {BROKEN_PSNR:.0f} dB) |", "|---|---|---|", *free_rows,
+        f"| macro | {cell(free['macro']['psnr'], 'psnr')} | {cell(free['macro']['broken'], 'right_way')} |"])
     return text, results

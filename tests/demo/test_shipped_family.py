@@ -110,6 +110,7 @@ def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
     import re
 
     from hywu_core.experiments.context import METRICS, QUICK
+    from hywu_core.experiments.family import FREE_PROMPTS
     from hywu_core.experiments.routing import VARIANTS
     from hywu_core.experiments.verdicts import VERDICTS
 
@@ -121,7 +122,7 @@ def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
     text = report.read_text()
     assert text.startswith("# HY-WU paper reproduction on the demo family: `test` split")
     for section in ("## conflict (§5.1)", "## gradients (§5.2)", "## routing (§5.3, Table 7)", "## geometry (§5.4)",
-                    "## Verdicts"):
+                    "## family", "## Verdicts"):
         assert section in text
     data = {name: json.loads((out / f"{name}.json").read_text()) for name in ("conflict", "gradients", "routing",
                                                                                 "geometry")}
@@ -168,6 +169,11 @@ def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
     for relation in geometry["neighbours"].values():
         for entry in relation.values():
             finite(entry)
+    free = json.loads((out / "family.json").read_text())["results"]["free_text"]
+    assert free["crops"] == 2 * QUICK.per_direction and list(free["per_prompt"]) == list(FREE_PROMPTS)
+    for entry in [*free["macro"].values(), *(e for r in free["per_prompt"].values() for e in r.values())]:
+        finite(entry)
+    assert 0 <= free["macro"]["broken"]["estimate"] <= 1 and '| "" |' in text.split("Free text:", 1)[1]
     claims = [c for d in data.values() for c in d["results"]["claims"]]
     assert claims and all(c["verdict"] in VERDICTS for c in claims)
     lines = [line for line in text.split("## Verdicts", 1)[1].splitlines() if line.startswith("- ")]
