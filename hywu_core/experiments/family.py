@@ -37,16 +37,12 @@ def free_text(ctx: ExperimentContext) -> dict:
     prompts = [p for p in FREE_PROMPTS for _ in range(len(source))]
     outputs = ctx.sample_prompts(source.repeat(len(FREE_PROMPTS), 1, 1, 1), prompts)
     values = psnr(outputs, source.repeat(len(FREE_PROMPTS), 1, 1, 1)).double()
-    broken = (values < BROKEN_PSNR).double()
+    columns = {"psnr": values, "broken": (values < BROKEN_PSNR).double()}
     options = {"resamples": ctx.budget.resamples}
     return {"crops": len(source), "broken_below_db": BROKEN_PSNR,
-            "macro": {"psnr": stats.macro_interval(values, prompts, **options).as_dict(),
-                      "broken": stats.macro_interval(broken, prompts, **options).as_dict()},
-            "per_prompt": {p: {"psnr": stats.mean_interval(values[i * len(source):(i + 1) * len(source)],
-                                                           **options).as_dict(),
-                               "broken": stats.mean_interval(broken[i * len(source):(i + 1) * len(source)],
-                                                             **options).as_dict()}
-                           for i, p in enumerate(FREE_PROMPTS)}}
+            "macro": {k: stats.macro_interval(v, prompts, **options).as_dict() for k, v in columns.items()},
+            "per_prompt": {p: {k: stats.mean_interval(v.view(len(FREE_PROMPTS), -1)[i], **options).as_dict()
+                               for k, v in columns.items()} for i, p in enumerate(FREE_PROMPTS)}}
 
 
 def run(ctx: ExperimentContext) -> tuple[str, dict]:

@@ -174,6 +174,9 @@ def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
     for entry in [*free["macro"].values(), *(e for r in free["per_prompt"].values() for e in r.values())]:
         finite(entry)
     assert 0 <= free["macro"]["broken"]["estimate"] <= 1 and '| "" |' in text.split("Free text:", 1)[1]
+    for metric in ("psnr", "broken"):   # the macro figure is the mean of the per-prompt means
+        per_prompt = [r[metric]["estimate"] for r in free["per_prompt"].values()]
+        assert free["macro"][metric]["estimate"] == pytest.approx(sum(per_prompt) / len(per_prompt))
     claims = [c for d in data.values() for c in d["results"]["claims"]]
     assert claims and all(c["verdict"] in VERDICTS for c in claims)
     lines = [line for line in text.split("## Verdicts", 1)[1].splitlines() if line.startswith("- ")]
