@@ -53,3 +53,26 @@ def test_the_backbone_pretrains_on_copies_and_on_dropped_or_shifted_sources_of_c
         assert any(torch.equal(moved, torch.roll(target, (dy, dx), (0, 1)))
                    for dy in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1) for dx in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1)
                    if (dy, dx) != (0, 0))
+
+
+def test_a_share_of_the_pretraining_records_reads_free_text_no_edit_uses(tmp_path):
+    """The free_text share of records (any of them: copies, dropped and shifted sources) carries an
+    instruction that is none of the suite's phrasings; the rest keep their own; records keep their
+    images either way, and the draw is the seed's (the same manifest twice)."""
+    from hywu_core.demo.edits import DIRECTIONS, write_edit_dataset
+    from hywu_core.demo.retrain import FamilyRecipe, write_pretraining_manifest
+
+    folder = tmp_path / "train"
+    write_edit_dataset(folder, "train", 8, seed=0)
+    phrasings = {p for spec in DIRECTIONS.values() for p in spec.phrasings}
+    plain = [json.loads(line) for line in
+             write_pretraining_manifest(folder, FamilyRecipe(free_text=0.0)).read_text().splitlines()]
+    assert all(r["instruction"] in phrasings for r in plain)
+    text = write_pretraining_manifest(folder, FamilyRecipe(free_text=0.4)).read_text()
+    assert write_pretraining_manifest(folder, FamilyRecipe(free_text=0.4)).read_text() == text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["source"], r["target"]) for r in records] == [(r["source"], r["target"]) for r in plain]
+    free = [r["instruction"] for r in records if r["instruction"] not in phrasings]
+    assert 0.3 * len(records) < len(free) < 0.5 * len(records)
+    assert all(isinstance(s, str) and 0 < len(s) <= 200 and s == s.strip() for s in free)
+    assert len(set(free)) > 0.9 * len(free)
