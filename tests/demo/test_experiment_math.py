@@ -203,3 +203,21 @@ def test_neighbour_rates_per_query_against_all_other_items():
     assert not (knn == torch.arange(6)[:, None]).any()   # an item is never its own neighbour
     interval = stats.paired_difference(rates["same"]["knn"], rates["same"]["random"], labels.tolist())
     assert interval.estimate == pytest.approx(0.6) and verdict(interval) == "reproduced"
+
+
+def test_a_direction_is_showable_when_right_every_time_and_its_grain_beyond_the_base_is_small():
+    """The demo's edits are chosen on val by family.showable: right way on every edit, and the grain
+    HY-WU adds to the source net of what the base backbone adds on the same edits under SHOWABLE_GRAIN."""
+    from hywu_core.experiments.family import BASE, HYWU, SHOWABLE_GRAIN, showable
+
+    tasks = ["brighten"] * 2 + ["darken"] * 2 + ["blur"] * 2 + ["sharpen"] * 2
+    right_way = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1], dtype=torch.float64)
+
+    def grain(values: dict) -> dict:
+        return {"per_direction": {t: {"grain": {"estimate": v}} for t, v in values.items()}}
+
+    against_source = {
+        BASE: grain({"brighten": 0.010, "darken": 0.001, "blur": 0.0, "sharpen": 0.0}),
+        # brighten: grainy in absolute terms, but no grainier than the base on the same sources
+        HYWU: grain({"brighten": 0.012, "darken": 0.001 + SHOWABLE_GRAIN, "blur": 0.0, "sharpen": 0.004})}
+    assert showable(tasks, right_way, against_source) == ["brighten", "sharpen"]
