@@ -90,15 +90,16 @@ class Budget:
     2-core machine while it ran four other jobs (so pessimistic): a static LoRA or SFT step at batch
     8 0.25-0.27 s, a PG step 0.93 s (+15 s per training run), a 20-step sample 0.33 s per edit
     (1.06 s with the rank-768 update-space Average PG), a per-sample gradient 0.05 s. With G the
-    family generator's steps (routing_steps None: 1500 today, 2500 in the retrained recipe):
+    family generator's steps (routing_steps None: 6000 in the shipped recipe):
       conflict   6 pairs x (3 LoRAs + SFT + PG) x 100 steps + 6 x 6 methods x 16 samples  ~ 1480 s
       gradients  the Shared LoRA on all directions, G steps (routing reuses it), 2 x 144 gradients
-                                                                          ~ 420 s (G 1500), 690 s (G 2500)
-      routing    SFT G steps, 7 variants x 96 samples                     ~ 670 s (G 1500), 920 s (G 2500)
+                                                                          ~ 1600 s (G 6000)
+      routing    SFT G steps, 7 variants x 96 samples                     ~ 1840 s (G 6000)
       geometry   96 generated LoRAs and their cosines                    ~ 10 s
-    total ~ 43 min (G 1500), ~ 52 min (G 2500) at those unit costs. The previous full run on 2
-    unshared cores went 2.3-2.7x faster per unit than these figures, so on 2 unshared cores expect
-    ~ 20-30 min; on this machine with its other jobs running, ~ 1.5x the CPU estimate.
+    total ~ 82 min (G 6000) at those unit costs. Measured for the shipped family: the trained
+    baselines alone (conflict's, the Shared LoRA and the SFT at G 6000) took about 40 min in three
+    1-thread processes on the 2 cores; the Shared LoRA and the SFT are cached under <out>/cache, so a
+    second run only samples and measures.
     """
 
     per_direction: int = 8             # evaluation edits per direction (split val or test), every figure
