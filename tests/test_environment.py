@@ -214,9 +214,11 @@ def test_two_checkouts_sharing_hywu_home_each_start_servers_with_their_own_pack(
     other = copy_checkout(tmp_path / "other-checkout")
     port, log_path = free_port(), tmp_path / "other.log"
     with open(log_path, "w") as log:
+        # SIGINT restored: a suite started in the background (`./hywu test &`) runs with it ignored.
         process = subprocess.Popen([str(other / "hywu"), "serve", "--port", str(port)], stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                                   env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkouts = devenv.hywu_home() / "checkouts"
     try:
         deadline, info = time.monotonic() + 180, None

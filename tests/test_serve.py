@@ -14,8 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 def test_serve_answers_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
+    # A shell running the suite in the background (`./hywu test &`) starts it with SIGINT ignored, which the
+    # server would inherit (Python then installs no KeyboardInterrupt handler): give it Ctrl-C as a terminal does.
     process = subprocess.Popen([str(REPO / "hywu"), "serve", "--port", str(port)], stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+                               stderr=subprocess.STDOUT, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         stats = None
