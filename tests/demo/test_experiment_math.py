@@ -221,3 +221,20 @@ def test_a_direction_is_showable_when_right_every_time_and_its_grain_beyond_the_
         # brighten: grainy in absolute terms, but no grainier than the base on the same sources
         HYWU: grain({"brighten": 0.012, "darken": 0.001 + SHOWABLE_GRAIN, "blur": 0.0, "sharpen": 0.004})}
     assert showable(tasks, right_way, against_source) == ["brighten", "sharpen"]
+
+
+@pytest.mark.parametrize("name", ["hywu_demo_edit", "hywu_batch_edit", "hywu_diagnostics", "hywu_freeze_lora"])
+def test_the_experiments_sample_as_the_demo_family_workflows_do(name):
+    """The reported figures are of what users run: every KSampler of the workflows on the demo family
+    uses the experiments' sampler settings (FULL: steps and cfg, euler / simple)."""
+    import json
+
+    from hywu_core.demo.run import REPO
+    from hywu_core.experiments.context import FULL
+
+    graph = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+    samplers = [node["inputs"] for node in graph.values() if node["class_type"] == "KSampler"]
+    assert samplers
+    for inputs in samplers:
+        assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (
+            FULL.sample_steps, FULL.cfg, "euler", "simple"), inputs
