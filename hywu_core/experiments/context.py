@@ -89,17 +89,18 @@ class Budget:
     FULL time estimate, `all`, --threads 1. Unit costs measured as CPU seconds of one thread on this
     2-core machine while it ran four other jobs (so pessimistic): a static LoRA or SFT step at batch
     8 0.25-0.27 s, a PG step 0.93 s (+15 s per training run), a 20-step sample 0.33 s per edit
-    (1.06 s with the rank-768 update-space Average PG), a per-sample gradient 0.05 s. With G the
-    family generator's steps (routing_steps None: 6000 in the shipped recipe):
+    (1.06 s with the rank-768 update-space Average PG; the 4 steps sampled now cost about a fifth),
+    a per-sample gradient 0.05 s. With G the family generator's steps (routing_steps None: 6000 in
+    the shipped recipe):
       conflict   6 pairs x (3 LoRAs + SFT + PG) x 100 steps + 6 x 6 methods x 16 samples  ~ 1480 s
       gradients  the Shared LoRA on all directions, G steps (routing reuses it), 2 x 144 gradients
                                                                           ~ 1600 s (G 6000)
       routing    SFT G steps, 7 variants x 96 samples                     ~ 1840 s (G 6000)
       geometry   96 generated LoRAs and their cosines                    ~ 10 s
-    total ~ 82 min (G 6000) at those unit costs. Measured for the shipped family: the trained
-    baselines alone (conflict's, the Shared LoRA and the SFT at G 6000) took about 40 min in three
-    1-thread processes on the 2 cores; the Shared LoRA and the SFT are cached under <out>/cache, so a
-    second run only samples and measures.
+    total ~ 82 min (G 6000) at those unit costs with 20-step samples. Measured for the shipped
+    family: the trained baselines alone (conflict's, the Shared LoRA and the SFT at G 6000) took about
+    40 min in three 1-thread processes on the 2 cores; the Shared LoRA and the SFT are cached under
+    <out>/cache, so a second run only samples and measures (129 s at 4 steps, 2 threads).
     """
 
     per_direction: int = 8             # evaluation edits per direction (split val or test), every figure

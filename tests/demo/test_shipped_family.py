@@ -18,11 +18,11 @@ SHIPPED = "hywu_demo_shipped"
 TEST_SEED = 7             # edits of the test split no choice was made on
 PER_DIRECTION = 3
 SHOWN = tuple(dict.fromkeys(edit.task for edit in DEMO_EDITS))   # the directions `./hywu demo` shows
-# The shown directions held to "right way on every image here, beyond the base on average": four of
-# the seven. On these 3 edits each, restore_blurred and restore_noisy went the right way but less far
-# than the base backbone (mean change of the score +0.0021 vs +0.0038 and +0.0039 vs +0.0044), and
-# desaturate went the wrong way on one; all three were chosen on val (8 of 8 edits the right way) and
-# are reported as misses in the README.
+# The shown directions held to "right way on every image here, beyond the base on each": four of the
+# seven. On 3 test edits each (seed 7, drawn for all seven), restore_blurred and restore_noisy went
+# the right way but less far than the base backbone (mean change of the score +0.0021 vs +0.0038 and
+# +0.0039 vs +0.0044), and desaturate went the wrong way on one; all three were chosen on val (8 of 8
+# edits the right way) and are reported as misses in the README.
 RELIABLE = ("fix_dark", "fix_bright", "brighten", "darken")
 
 
@@ -65,10 +65,9 @@ def _edit(client, template, family, tmp_path, image: torch.Tensor, instruction: 
 def test_the_reliable_shown_edits_move_their_score_the_right_way_on_every_test_image(shipped_family, client,
                                                                                     tmp_path):
     """For the shown directions held to it (RELIABLE), on other test-split edits (their own phrasings):
-    HY-WU's output moves the direction's score the right way on each image, and further on average
-    than the base backbone's (not on every image: the base sometimes moves a crop the same way). Grain
-    is not asserted: HY-WU's outputs carry more noise_sigma than their sources, reported by
-    `./hywu experiment family`."""
+    HY-WU's output moves the direction's score the right way on each image, further than the base
+    backbone's does on any of them. Grain is not asserted: HY-WU's outputs carry more noise_sigma than
+    their sources, reported by `./hywu experiment family`."""
     assert set(RELIABLE) <= set(SHOWN), f"./hywu demo no longer shows {set(RELIABLE) - set(SHOWN)}"
     template = load_api_workflow(WORKFLOW)
     edits = make_edits("test", PER_DIRECTION, seed=TEST_SEED, tasks=RELIABLE)
@@ -81,7 +80,7 @@ def test_the_reliable_shown_edits_move_their_score_the_right_way_on_every_test_i
             report[task][key].append(round(float(sign * (score(task, out[key]) - score(task, source))), 5))
     for task, r in report.items():
         assert all(v > 0 for v in r["hywu"]), f"{task}: HY-WU moved the wrong way on some test image: {report}"
-        assert sum(r["hywu"]) > sum(r["base"]), f"{task}: the base backbone edits as much as HY-WU: {report}"
+        assert min(r["hywu"]) > max(r["base"]), f"{task}: the base backbone edits as much as HY-WU: {report}"
 
 
 def test_an_image_dependent_instruction_moves_two_sources_in_opposite_directions(shipped_family, client, tmp_path):
