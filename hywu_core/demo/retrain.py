@@ -5,8 +5,8 @@
     2. the backbone: the demo MMDiT editor built from the seed and pretrained by full SFT as a
        denoiser that keeps its input: every image of the split is reproduced from itself, and
        for a share of the clean crops the source is dropped (a mid-grey image: the model must
-       draw the crop from noise alone) or shifted by a few pixels (it must fix the detail from
-       the noisy latent, not copy it); on a share of all records the instruction is free text,
+       draw the crop from noise alone), shifted by a few pixels or pixelated (it must fix the
+       detail from the noisy latent, not copy it); on a share of all records the instruction is free text,
        so that it keeps its input whatever the prompt. The base model then keeps its input (up
        to the grain `./hywu experiment family` measures) and knows none of the suite's edits;
     3. the condition encoder: a tiny SigLIP2 pretrained with its own sigmoid image-text loss on
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import string
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +63,7 @@ class FamilyRecipe:
     pretrain_lr: float = 1e-3
     source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
     source_shift: float = 0.25       # ... and with the source shifted by 1 to SHIFT_PIXELS pixels
+    source_pixelate: float = 0.0     # ... and with the source pixelated (PIXELATE x PIXELATE blocks)
     free_text: float = 0.25          # share of all pretraining records whose instruction is free text
     encoder_steps: int = 0           # 0: EncoderRecipe's default
     generator_steps: int = 6000
@@ -88,6 +90,7 @@ class FamilyRecipe:
 
 
 SHIFT_PIXELS = 3
+PIXELATE = 2
 PRETRAIN_MANIFEST = "pretrain.jsonl"
 FREE_TEXT_CHARACTERS = string.ascii_letters + string.digits + string.punctuation + " " * 12
 
@@ -108,7 +111,9 @@ def free_text(generator: torch.Generator) -> str:
 def write_pretraining_manifest(folder: Path, recipe: FamilyRecipe) -> Path:
     """The backbone's pretraining records over an edit-suite folder: every image reproduced from
     itself, and each clean crop once more from a dropped source (pre/blank.png, mid-grey: zero
-    after the pixel VAE) or a shifted one (pre/*.png), by the recipe's shares and seed. The
+    after the pixel VAE), a shifted one or a pixelated one (pre/*.png), by the recipe's shares and
+    seed. A pixelated source shows itself (flat PIXELATE x PIXELATE blocks) where a shift of a few
+    pixels does not, so the backbone need not hedge between copying and redrawing. The
     instructions are the suite's, and on the free_text share of records any text (free_text): the
     backbone learns to keep its input whatever the prompt, not to follow it. (With the suite's 60
     phrasings alone it was brittle: a 4000-step backbone drew 4x4 patch noise for some prompts it
@@ -135,6 +140,11 @@ def write_pretraining_manifest(folder: Path, recipe: FamilyRecipe) -> Path:
                 dy, dx = (int(v) for v in torch.randint(-SHIFT_PIXELS, SHIFT_PIXELS + 1, (2,), generator=generator))
             source = f"pre/shift_{number:05d}.png"
             save_png(torch.roll(load_png(folder / image), (dy, dx), (0, 1)), folder / source)
+        elif draw < recipe.source_dropout + recipe.source_shift + recipe.source_pixelate:
+            source = f"pre/pixelated_{number:05d}.png"
+            blocks = torch.nn.functional.avg_pool2d(load_png(folder / image).permute(2, 0, 1), PIXELATE)
+            blocky = blocks.repeat_interleave(PIXELATE, 1).repeat_interleave(PIXELATE, 2)
+            save_png(blocky.permute(1, 2, 0), folder / source)
         else:
             continue
         lines.append(json.dumps({"source": source, "target": image, "instruction": instruction}))
@@ -237,14 +247,40 @@ def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(),
     return out
 
 
+def recipe_with(recipe: FamilyRecipe, settings: list[str]) -> FamilyRecipe:
+    """`recipe` with each "field=value" of `settings` replaced (the value parsed as the field's type)."""
+    kinds = {f.name: f.type for f in fields(FamilyRecipe)}
+    changes = {}
+    for setting in settings:
+        name, equals, text = setting.partition("=")
+        if not equals or name not in kinds:
+            raise ValueError(f"--set {setting!r}: write FIELD=VALUE with FIELD one of {', '.join(kinds)}")
+        kind = int if kinds[name] in (int, "int") else float
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"--set {setting!r}: {name} takes {expected}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--set {setting!r}: {name} must be a finite number >= 0")
+        changes[name] = value
+    return replace(recipe, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hywu demo-family", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEMO_MODELS, help="where the family goes (default: demo_models/)")
     parser.add_argument("--work", type=Path, default=Path("hywu_output") / "demo_family",
                         help="scratch folder: datasets, the generator's training run")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a pipeline check)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one number of the recipe (FamilyRecipe; repeatable), e.g. "
+                             "--set pretrain_steps=8000; family.json records the recipe used")
     args = parser.parse_args(argv)
-    recipe = FamilyRecipe().quick() if args.quick else FamilyRecipe()
+    try:
+        recipe = recipe_with(FamilyRecipe().quick() if args.quick else FamilyRecipe(), args.set)
+    except ValueError as error:
+        parser.error(str(error))
     retrain_family(args.out.resolve(), args.work.resolve(), recipe, log=lambda m: print(m, file=sys.stderr))
     return 0
 

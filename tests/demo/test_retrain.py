@@ -9,13 +9,15 @@ from hywu_core.tiny_editor.backbone import load_demo_checkpoint
 
 def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comfy_lib, tmp_path):
     out = tmp_path / "models"
-    result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work")
+    result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work", "--set", "source_pixelate=0.25",
+                  "--set", "pretrain_steps=4")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in FAMILY_FILES:
         assert (out / name).is_file(), name
     family = json.loads((out / "family.json").read_text())
     assert family["recipe"]["generator_steps"] == 3 and family["generator_loss"]["steps"] == 3
-    assert family["backbone_pretrain_loss"]["steps"] == 3 and family["encoder_loss"]["steps"] == 3
+    assert family["backbone_pretrain_loss"]["steps"] == 4 and family["encoder_loss"]["steps"] == 3
+    assert family["recipe"]["source_pixelate"] == 0.25 and family["recipe"]["pretrain_steps"] == 4
     assert family["encoder_recipe"]["steps"] == 3 and len(family["generator_loss"]["curve"]) == 3
     model, _, _ = load_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")
     generator = load_generator(out / "hywu" / "hywu_demo.safetensors")
@@ -23,17 +25,28 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     assert generator.config.cond_dim == load_condition_encoder(out / "hywu_encoders" / "hywu_demo").width
 
 
-def test_the_backbone_pretrains_on_copies_and_on_dropped_or_shifted_sources_of_clean_crops(tmp_path):
+def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(hywu, tmp_path):
+    for setting, named in (("pretrain_step=10", "FIELD=VALUE with FIELD one of seed"),
+                           ("pretrain_steps=1e4", "pretrain_steps takes an integer"),
+                           ("source_pixelate=nan", "finite number >= 0"), ("pretrain_lr=-1", "finite number >= 0")):
+        result = hywu("demo-family", "--quick", "--out", tmp_path / "models", "--work", tmp_path / "work",
+                      "--set", setting)
+        assert result.returncode == 2 and named in result.stderr, (setting, result.stderr[-1500:])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "models").exists()
+
+
+def test_the_backbone_pretrains_on_copies_and_on_dropped_shifted_or_pixelated_sources_of_clean_crops(tmp_path):
     """Every suite image is reproduced from itself; a share of the clean crops is also asked for from
-    a mid-grey (dropped) source or from the crop shifted by a few pixels (a denoiser, not a copier)."""
+    a mid-grey (dropped) source, from the crop shifted by a few pixels or from the crop pixelated in
+    PIXELATE x PIXELATE blocks (a denoiser, not a copier)."""
     import torch
 
     from hywu_core.demo.edits import DIRECTIONS, LABELS, load_png, write_edit_dataset
-    from hywu_core.demo.retrain import SHIFT_PIXELS, FamilyRecipe, write_pretraining_manifest
+    from hywu_core.demo.retrain import PIXELATE, SHIFT_PIXELS, FamilyRecipe, write_pretraining_manifest
 
     folder = tmp_path / "train"
     write_edit_dataset(folder, "train", 8, seed=0)
-    recipe = FamilyRecipe(per_direction=8, source_dropout=0.3, source_shift=0.3)
+    recipe = FamilyRecipe(per_direction=8, source_dropout=0.25, source_shift=0.25, source_pixelate=0.25)
     records = [json.loads(line) for line in write_pretraining_manifest(folder, recipe).read_text().splitlines()]
     labels = [json.loads(line) for line in (folder / LABELS).read_text().splitlines()]
     copies = [r for r in records if r["source"] == r["target"]]
@@ -45,14 +58,23 @@ def test_the_backbone_pretrains_on_copies_and_on_dropped_or_shifted_sources_of_c
     assert {r["target"] for r in others} <= clean
     dropped = [r for r in others if r["source"] == "pre/blank.png"]
     shifted = [r for r in others if r["source"].startswith("pre/shift_")]
-    assert len(dropped) + len(shifted) == len(others)
-    assert 0.15 * len(clean) < len(dropped) < 0.45 * len(clean) and 0.15 * len(clean) < len(shifted) < 0.45 * len(clean)
+    pixelated = [r for r in others if r["source"].startswith("pre/pixelated_")]
+    assert len(dropped) + len(shifted) + len(pixelated) == len(others)
+    assert all(0.12 * len(clean) < len(share) < 0.38 * len(clean) for share in (dropped, shifted, pixelated))
     assert torch.equal(load_png(folder / "pre/blank.png"), torch.full((64, 64, 3), 128 / 255))
     for record in shifted[:5]:
         moved, target = load_png(folder / record["source"]), load_png(folder / record["target"])
         assert any(torch.equal(moved, torch.roll(target, (dy, dx), (0, 1)))
                    for dy in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1) for dx in range(-SHIFT_PIXELS, SHIFT_PIXELS + 1)
                    if (dy, dx) != (0, 0))
+    for record in pixelated[:5]:
+        blocky, target = load_png(folder / record["source"]), load_png(folder / record["target"])
+        assert not torch.equal(blocky, target)
+        corners = blocky[::PIXELATE, ::PIXELATE]
+        assert torch.equal(blocky, corners.repeat_interleave(PIXELATE, 0).repeat_interleave(PIXELATE, 1))
+        blocks = 64 // PIXELATE
+        means = target.reshape(blocks, PIXELATE, blocks, PIXELATE, 3).mean((1, 3))
+        assert (corners - means).abs().max() <= 0.5 / 255 + 1e-6
 
 
 def test_a_share_of_the_pretraining_records_reads_free_text_no_edit_uses(tmp_path):
