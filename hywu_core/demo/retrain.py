@@ -76,6 +76,13 @@ class FamilyRecipe:
     rank: int = 8
     alpha: float = 8.0
 
+    def __post_init__(self):
+        sources = self.source_dropout + self.source_shift + self.source_pixelate
+        if not 0 <= sources <= 1 or not 0 <= self.free_text <= 1:
+            raise ValueError(f"the shares of the recipe must lie in [0, 1]: source_dropout + source_shift + "
+                             f"source_pixelate is {sources:g} (a share of the clean crops), "
+                             f"free_text {self.free_text:g}")
+
     def quick(self) -> "FamilyRecipe":
         """A few steps of everything: checks the pipeline, not the quality."""
         return FamilyRecipe(**{**asdict(self), "per_direction": 1, "pretrain_steps": 3, "encoder_steps": 3,
@@ -113,7 +120,7 @@ def write_pretraining_manifest(folder: Path, recipe: FamilyRecipe) -> Path:
     itself, and each clean crop once more from a dropped source (pre/blank.png, mid-grey: zero
     after the pixel VAE), a shifted one or a pixelated one (pre/*.png), by the recipe's shares and
     seed. A pixelated source shows itself (flat PIXELATE x PIXELATE blocks) where a shift of a few
-    pixels does not, so the backbone need not hedge between copying and redrawing. The
+    pixels does not. The
     instructions are the suite's, and on the free_text share of records any text (free_text): the
     backbone learns to keep its input whatever the prompt, not to follow it. (With the suite's 60
     phrasings alone it was brittle: a 4000-step backbone drew 4x4 patch noise for some prompts it

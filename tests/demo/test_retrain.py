@@ -28,7 +28,9 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
 def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(hywu, tmp_path):
     for setting, named in (("pretrain_step=10", "FIELD=VALUE with FIELD one of seed"),
                            ("pretrain_steps=1e4", "pretrain_steps takes an integer"),
-                           ("source_pixelate=nan", "finite number >= 0"), ("pretrain_lr=-1", "finite number >= 0")):
+                           ("source_pixelate=nan", "finite number >= 0"), ("pretrain_lr=-1", "finite number >= 0"),
+                           ("source_pixelate=0.8", "source_pixelate is 1.3 (a share of the clean crops)"),
+                           ("free_text=2", "free_text 2")):
         result = hywu("demo-family", "--quick", "--out", tmp_path / "models", "--work", tmp_path / "work",
                       "--set", setting)
         assert result.returncode == 2 and named in result.stderr, (setting, result.stderr[-1500:])
