@@ -40,6 +40,8 @@ from hywu_core.demo.edits import DIRECTIONS, LABELS, load_png, save_png, write_e
 from hywu_core.demo.encoder_pretrain import CAPTIONS
 from hywu_core.demo.run import DEMO_MODELS
 from hywu_core.tiny_editor.backbone import (
+    PREDICTIONS,
+    DemoBackboneConfig,
     assemble_demo_backbone,
     build_demo_backbone,
     demo_state_dict,
@@ -59,6 +61,7 @@ class FamilyRecipe:
 
     seed: int = 0
     per_direction: int = 64          # training edits per direction (12 directions)
+    prediction: str = "velocity"     # what the backbone's MMDiT outputs (tiny_editor.backbone.PREDICTIONS)
     pretrain_steps: int = 4000       # backbone denoiser SFT
     pretrain_lr: float = 1e-3
     source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
@@ -77,6 +80,8 @@ class FamilyRecipe:
     alpha: float = 8.0
 
     def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"the recipe's prediction {self.prediction!r} is not one of {', '.join(PREDICTIONS)}")
         sources = self.source_dropout + self.source_shift + self.source_pixelate
         if not 0 <= sources <= 1 or not 0 <= self.free_text <= 1:
             raise ValueError(f"the shares of the recipe must lie in [0, 1]: source_dropout + source_shift + "
@@ -168,7 +173,7 @@ def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=prin
     """Build the demo backbone from the seed, pretrain it as a denoiser that keeps its input, save it;
     returns the losses."""
     import_comfy("auto")
-    state_dict, config = build_demo_backbone(seed=recipe.seed)
+    state_dict, config = build_demo_backbone(seed=recipe.seed, config=DemoBackboneConfig(prediction=recipe.prediction))
     model, clip, vae = assemble_demo_backbone(state_dict, config)
     backbone = TrainableBackbone(model, clip, vae, "instruct_pix2pix")
     dataset = EditDataset(read_manifest(data, PRETRAIN_MANIFEST))
@@ -255,13 +260,17 @@ def retrain_family(out: Path, work: Path, recipe: FamilyRecipe = FamilyRecipe(),
 
 
 def recipe_with(recipe: FamilyRecipe, settings: list[str]) -> FamilyRecipe:
-    """`recipe` with each "field=value" of `settings` replaced (the value parsed as the field's type)."""
+    """`recipe` with each "field=value" of `settings` replaced (the value parsed as the field's type;
+    FamilyRecipe checks the words and the shares)."""
     kinds = {f.name: f.type for f in fields(FamilyRecipe)}
     changes = {}
     for setting in settings:
         name, equals, text = setting.partition("=")
         if not equals or name not in kinds:
             raise ValueError(f"--set {setting!r}: write FIELD=VALUE with FIELD one of {', '.join(kinds)}")
+        if kinds[name] in (str, "str"):
+            changes[name] = text
+            continue
         kind = int if kinds[name] in (int, "int") else float
         try:
             value = kind(text)
@@ -271,7 +280,10 @@ def recipe_with(recipe: FamilyRecipe, settings: list[str]) -> FamilyRecipe:
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"--set {setting!r}: {name} must be a finite number >= 0")
         changes[name] = value
-    return replace(recipe, **changes)
+    try:
+        return replace(recipe, **changes)
+    except ValueError as error:
+        raise ValueError(f"--set {' --set '.join(settings)}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch folder: datasets, the generator's training run")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (a pipeline check)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change one number of the recipe (FamilyRecipe; repeatable), e.g. "
-                             "--set pretrain_steps=8000; family.json records the recipe used")
+                        help="change one setting of the recipe (FamilyRecipe; repeatable), e.g. "
+                             "--set pretrain_steps=8000 or --set prediction=x0; family.json records the recipe used")
     args = parser.parse_args(argv)
     try:
         recipe = recipe_with(FamilyRecipe().quick() if args.quick else FamilyRecipe(), args.set)

@@ -65,6 +65,12 @@ IMAGE_CHANNELS = 3
 MIN_SIZE, MAX_SIZE = 8, 256  # pixels per side the demo editor samples (trained at 64 x 64)
 
 
+# What the MMDiT's output means (the denoised image D from the output `out`, noisy pixels x_t at sigma,
+# source pixels s): "velocity"  D = x_t - sigma * out (rectified flow, SD3's CONST);
+# "x0"  D = out (the clean image itself); "source_residual"  D = s + out (the change to the source).
+PREDICTIONS = ("velocity", "x0", "source_residual")
+
+
 class DemoCheckpointError(ValueError):
     """A demo backbone file or state dict that cannot be used; the message names the problem and the fix."""
 
@@ -83,6 +89,12 @@ class DemoBackboneConfig:
     text_ffn: int = 128
     text_length: int = 64     # bytes per prompt chunk; prompts are padded to whole chunks
     shift: float = 1.0        # flow-matching timestep shift (SD3 uses 3.0 at 1024 px)
+    prediction: str = "velocity"  # what the MMDiT outputs: one of PREDICTIONS
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise DemoCheckpointError(f"demo backbone prediction {self.prediction!r} is not one of "
+                                      f"{', '.join(PREDICTIONS)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -205,7 +217,8 @@ def assemble_demo_backbone(state_dict: dict[str, torch.Tensor], config: DemoBack
     import comfy.sd
 
     _check_state_dict(state_dict, config)
-    model_config = _pixel_editor_config_class()(config.mmdit_config(), shift=config.shift)
+    model_config = _pixel_editor_config_class()(config.mmdit_config(), shift=config.shift,
+                                                prediction=config.prediction)
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({})
     model.diffusion_model.load_state_dict(_strip(state_dict, MODEL_PREFIX))
@@ -305,19 +318,47 @@ def _pixel_editor_config_class():
     """The demo family's ComfyUI model config class (defined on first use: hywu_core imports without comfy)."""
     import comfy.latent_formats
     import comfy.model_base
+    import comfy.model_sampling
     import comfy.supported_models_base
+
+    class ModelSamplingFlowX0(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        """SD3's flow noise schedule (x_t = sigma n + (1 - sigma) x0) with a network that outputs the
+        denoised image itself."""
+
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_output
 
     class PixelEditor(comfy.model_base.SD3):
         """SD3's MMDiT on [noisy pixels ; source pixels]: BaseModel.concat_cond appends the
-        InstructPixToPixConditioning image as channels for the concat key "concat_image"."""
+        InstructPixToPixConditioning image as channels for the concat key "concat_image".
+
+        With prediction "x0" or "source_residual" the model's model_sampling returns the output as
+        the denoised image, and for "source_residual" _apply_model adds the source (c_concat) to it.
+        ComfyUI's ModelSamplingSD3 / ModelSamplingAuraFlow nodes patch "model_sampling" with a velocity
+        (CONST) class, which ModelPatcher sets on this model when it loads: for these predictions that
+        would turn every output into noise, so _apply_model refuses it by name.
+        """
 
         def __init__(self, model_config, device=None):
             super().__init__(model_config, device=device)
             self.concat_keys = ("concat_image",)
+            self.prediction = model_config.prediction
+            if self.prediction != "velocity":
+                self.model_sampling = ModelSamplingFlowX0(model_config)
 
         def apply_model(self, x, *args, **kwargs):
             check_image_size(*x.shape[-2:])
             return super().apply_model(x, *args, **kwargs)
+
+        def _apply_model(self, x, t, c_concat=None, *args, **kwargs):
+            if self.prediction != "velocity" and not isinstance(self.model_sampling, ModelSamplingFlowX0):
+                raise ValueError(f"this HY-WU demo backbone predicts {self.prediction!r}, but a node (e.g. "
+                                 f"ModelSamplingSD3) replaced its model sampling with a velocity one "
+                                 f"({type(self.model_sampling).__name__}): remove that node from the workflow")
+            denoised = super()._apply_model(x, t, c_concat, *args, **kwargs)
+            if self.prediction == "source_residual":
+                denoised = denoised + c_concat.to(denoised)
+            return denoised
 
     class PixelEditorConfig(comfy.supported_models_base.BASE):
         """supported_models-style config: pixel-space latents, float32, SD3 flow sampling with `shift`."""
@@ -326,9 +367,10 @@ def _pixel_editor_config_class():
         latent_format = comfy.latent_formats.ChromaRadiance
         supported_inference_dtypes = [torch.float32]
 
-        def __init__(self, unet_config, shift):
+        def __init__(self, unet_config, shift, prediction="velocity"):
             super().__init__(unet_config)
             self.sampling_settings = {"shift": shift}
+            self.prediction = prediction
 
         def get_model(self, state_dict, prefix="", device=None):
             return PixelEditor(self, device=device)

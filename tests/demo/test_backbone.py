@@ -148,3 +148,64 @@ def test_bad_files_are_refused_with_the_reason(demo, checkpoint, tmp_path):
 def test_sample_refuses_channels_first_images(demo, loaded):
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         demo.sample(*loaded, torch.rand(1, 3, 64, 64), "blur", seed=0)
+
+
+@pytest.mark.parametrize("prediction", backbone.PREDICTIONS)
+def test_prediction_sets_what_the_mmdit_output_means(demo, prediction, tmp_path):
+    """velocity: D = x_t - sigma out (SD3's rectified flow); x0: D = out; source_residual: D = source + out.
+    The file keeps the choice, and the training objective's loss is taken on the raw output."""
+    from hywu_core.train.backbone import Backbone
+    from hywu_core.train.objective import DenoisingObjective
+
+    config = demo.DemoBackboneConfig(prediction=prediction)
+    path = tmp_path / f"{prediction}.safetensors"
+    demo.save_demo_checkpoint(path, demo.build_demo_backbone(seed=0, config=config)[0], config)
+    model, clip, vae = demo.load_demo_checkpoint(path)
+    assert demo.read_demo_checkpoint(path)[1].prediction == prediction
+    g = torch.Generator().manual_seed(0)
+    x_t, source = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    sigma = torch.tensor([0.8, 0.3])
+    context = torch.randn(2, 64, config.text_width, generator=g)
+    with torch.no_grad():
+        denoised = model.model.apply_model(x_t, sigma, c_concat=source, c_crossattn=context)
+        out = model.model.diffusion_model(torch.cat([x_t, source], 1), sigma * 1000, context=context)
+    expected = {"velocity": x_t - sigma.view(-1, 1, 1, 1) * out, "x0": out, "source_residual": source + out}
+    torch.testing.assert_close(denoised, expected[prediction], rtol=1e-5, atol=1e-5)
+
+    bb = Backbone(model, clip, vae, "instruct_pix2pix").load()
+    objective = DenoisingObjective(bb)
+    images = torch.rand(2, 16, 16, 3, generator=g)
+    x0, conds, noise, sigma = objective.inputs(images, images, ["blur", "blur"], [], [0, 1], 0)
+    losses = objective.losses(None, conds, x0, noise, sigma)
+    with torch.no_grad():
+        for i in range(2):
+            s = sigma[i:i + 1]
+            x_t = bb.model_sampling.noise_scaling(s, noise[i:i + 1], x0[i:i + 1])
+            c = conds[i]
+            raw = model.model.diffusion_model(torch.cat([x_t, c["c_concat"].cond], 1), s * 1000,
+                                              context=c["c_crossattn"].cond)
+            target = {"velocity": noise[i:i + 1] - x0[i:i + 1], "x0": x0[i:i + 1],
+                      "source_residual": x0[i:i + 1] - c["c_concat"].cond}[prediction]
+            torch.testing.assert_close(losses[i], (raw - target).square().mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_config_without_prediction_is_velocity_and_an_unknown_one_is_refused(demo):
+    import json
+
+    old = json.loads(demo.DemoBackboneConfig().to_json())
+    del old["prediction"]  # files written before the field existed
+    assert demo.DemoBackboneConfig.from_json(json.dumps(old)).prediction == "velocity"
+    with pytest.raises(demo.DemoCheckpointError, match="'eps' is not one of velocity, x0, source_residual"):
+        demo.DemoBackboneConfig.from_json(json.dumps({**old, "prediction": "eps"}))
+
+
+def test_a_velocity_model_sampling_patch_on_an_x0_backbone_is_refused_by_name(demo):
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    config = demo.DemoBackboneConfig(prediction="source_residual")
+    model, clip, vae = demo.assemble_demo_backbone(demo.build_demo_backbone(seed=0, config=config)[0], config)
+    source = images(4, n=1)
+    assert demo.sample(model, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0).isfinite().all()
+    patched = ModelSamplingSD3().patch(model, shift=3.0)[0]
+    with pytest.raises(ValueError, match="predicts 'source_residual'.*ModelSamplingSD3.*remove that node"):
+        demo.sample(patched, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0)
