@@ -57,7 +57,7 @@ NAME = "hywu_demo"
 
 @dataclass(frozen=True)
 class FamilyRecipe:
-    """Every number that decides the family's weights."""
+    """Every setting that decides the family's weights."""
 
     seed: int = 0
     per_direction: int = 64          # training edits per direction (12 directions)
