@@ -40,7 +40,6 @@ from hywu_core.demo.edits import DIRECTIONS, LABELS, load_png, save_png, write_e
 from hywu_core.demo.encoder_pretrain import CAPTIONS
 from hywu_core.demo.run import DEMO_MODELS
 from hywu_core.tiny_editor.backbone import (
-    PREDICTIONS,
     DemoBackboneConfig,
     assemble_demo_backbone,
     build_demo_backbone,
@@ -61,7 +60,7 @@ class FamilyRecipe:
 
     seed: int = 0
     per_direction: int = 64          # training edits per direction (12 directions)
-    prediction: str = "velocity"     # what the backbone's MMDiT outputs (tiny_editor.backbone.PREDICTIONS)
+    prediction: str = "velocity"     # what the backbone's MMDiT outputs (DemoBackboneConfig.prediction)
     pretrain_steps: int = 4000       # backbone denoiser SFT
     pretrain_lr: float = 1e-3
     source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
@@ -80,13 +79,16 @@ class FamilyRecipe:
     alpha: float = 8.0
 
     def __post_init__(self):
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"the recipe's prediction {self.prediction!r} is not one of {', '.join(PREDICTIONS)}")
+        self.backbone_config()  # refuses an unknown prediction
         sources = self.source_dropout + self.source_shift + self.source_pixelate
         if not 0 <= sources <= 1 or not 0 <= self.free_text <= 1:
             raise ValueError(f"the shares of the recipe must lie in [0, 1]: source_dropout + source_shift + "
                              f"source_pixelate is {sources:g} (a share of the clean crops), "
                              f"free_text {self.free_text:g}")
+
+    def backbone_config(self) -> DemoBackboneConfig:
+        """The demo backbone's config for this family."""
+        return DemoBackboneConfig(prediction=self.prediction)
 
     def quick(self) -> "FamilyRecipe":
         """A few steps of everything: checks the pipeline, not the quality."""
@@ -173,7 +175,7 @@ def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=prin
     """Build the demo backbone from the seed, pretrain it as a denoiser that keeps its input, save it;
     returns the losses."""
     import_comfy("auto")
-    state_dict, config = build_demo_backbone(seed=recipe.seed, config=DemoBackboneConfig(prediction=recipe.prediction))
+    state_dict, config = build_demo_backbone(seed=recipe.seed, config=recipe.backbone_config())
     model, clip, vae = assemble_demo_backbone(state_dict, config)
     backbone = TrainableBackbone(model, clip, vae, "instruct_pix2pix")
     dataset = EditDataset(read_manifest(data, PRETRAIN_MANIFEST))

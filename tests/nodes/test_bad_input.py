@@ -104,8 +104,8 @@ class Responsiveness:
             assert self.times and max(self.times) < 1.0
 
 
-def copy_generator(source: Path, target: Path, **metadata) -> None:
-    """A copy of a generator file with metadata entries replaced."""
+def copy_model_file(source: Path, target: Path, **metadata) -> None:
+    """A copy of a safetensors model file with metadata entries replaced."""
     with safe_open(str(source), "pt") as f:
         stored, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(target), metadata=stored | metadata)
@@ -118,10 +118,10 @@ def hostile(server_family, comfy_server):
     models = comfy_server.models_dir
     with safe_open(str(server_family.generator), "pt") as f:
         config = json.loads(f.metadata()["nnt_config"])
-    copy_generator(server_family.generator, models / "hywu" / "depth_1e6.safetensors",
+    copy_model_file(server_family.generator, models / "hywu" / "depth_1e6.safetensors",
                    nnt_config=json.dumps(config | {"depth": 1_000_000}))
     for name, alpha in (("alpha_1e30", "1e30"), ("alpha_inf", "inf"), ("alpha_nan", "nan")):
-        copy_generator(server_family.generator, models / "hywu" / f"{name}.safetensors", alpha=alpha)
+        copy_model_file(server_family.generator, models / "hywu" / f"{name}.safetensors", alpha=alpha)
     release = {"model_type": "parameter_generator", "token_dim": 8, "rank": 4, "alpha": 4, "input_dim": 32,
                "dim_accumulation": 1, "d_model": 32, "head_dim": 8, "num_base_model_layers": 3, "output_dim": 8,
                "num_pg_layers": 1_000_000, "prefix": "joint_blocks.",
@@ -135,6 +135,10 @@ def hostile(server_family, comfy_server):
                 {"metadata": {}, "weight_map": {"model.layer_pos.weight": "../outside.safetensors"}}))
         else:
             save_file({"model.layer_pos.weight": torch.zeros(3, 32)}, str(folder / weights))
+    with safe_open(str(server_family.backbone), "pt") as f:
+        backbone_config = json.loads(f.metadata()["config"])
+    copy_model_file(server_family.backbone, models / "checkpoints" / "residual_backbone.safetensors",
+                   config=json.dumps(backbone_config | {"prediction": "source_residual"}))
     encoder = models / "hywu_encoders" / "escaping_encoder"
     shutil.copytree(server_family.encoder, encoder)
     with safe_open(str(encoder / "model.safetensors"), "pt") as f:
@@ -160,6 +164,14 @@ def add_lora_tool(class_type: str, **inputs):
         prompt["apply"]["inputs"]["lora"] = ["tool", 0]
         return prompt
     return change
+
+
+def velocity_sampling_on_a_residual_backbone(prompt: dict, upload) -> dict:
+    """The stock ModelSamplingSD3 node between a source_residual demo backbone and Apply LoRA."""
+    prompt["ckpt"]["inputs"]["ckpt_name"] = "residual_backbone.safetensors"
+    prompt["shift"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+    prompt["apply"]["inputs"]["model"] = ["shift", 0]
+    return prompt
 
 
 def sample_three_images(prompt: dict, upload) -> dict:
@@ -225,6 +237,10 @@ BAD_INPUTS = {
     "dynamic mode with 2 LoRAs for 3 images": (sample_three_images,
                                                ("dynamic mode got 2 LoRAs for a latent batch of 3: give one LoRA per "
                                                 "latent (encode the 3 images the sampler edits) or a single LoRA",)),
+    "ModelSamplingSD3 on a source_residual backbone": (
+        velocity_sampling_on_a_residual_backbone,
+        ("this HY-WU demo backbone predicts 'source_residual'", "ModelSamplingSD3",
+         "remove that node from the workflow")),
     "1x1 image": (one_image(1), (SIZE_RANGE, "this run's image is 0x0 pixels", "resize the image")),
     "4096x4096 image": (one_image(4096), (SIZE_RANGE, "this run's image is 4096x4096 pixels")),
     "Save LoRA empty prefix": (save_lora(""), ("filename_prefix '' names no file",
