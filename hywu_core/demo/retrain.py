@@ -70,6 +70,7 @@ class FamilyRecipe:
     encoder_steps: int = 0           # 0: EncoderRecipe's default
     generator_steps: int = 6000
     generator_lr: float = 1e-3
+    high_frequency: float = 0.0      # the edit loss's high-frequency weight (train.high_frequency), baselines too
     batch_size: int = 8
     warmup_steps: int = 50
     width: int = 64                  # NNT width, depth, heads; LoRA rank and alpha
@@ -205,7 +206,8 @@ def generator_config(work: Path, backbone_file: Path, encoder: Path, recipe: Fam
                       "alpha": recipe.alpha, "layout": "rank_anchored"},
         "data": {"folder": str(work / "train")},
         "train": {"steps": recipe.generator_steps, "batch_size": recipe.batch_size, "lr": recipe.generator_lr,
-                  "warmup_steps": recipe.warmup_steps, "min_lr_ratio": 0.1, "grad_clip": 1.0},
+                  "warmup_steps": recipe.warmup_steps, "min_lr_ratio": 0.1, "grad_clip": 1.0,
+                  "high_frequency": recipe.high_frequency},
         "validation": {"every": 0, "count": 8, "steps": 8, "cfg": 2.0},
     }
 

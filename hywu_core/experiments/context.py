@@ -247,7 +247,7 @@ class ExperimentContext:
     def _schedule(self, steps: int, lr: float):
         r = self.recipe
         return StaticSchedule(steps=steps, batch_size=r.batch_size, lr=lr, warmup_steps=min(r.warmup_steps, steps // 4),
-                              seed=r.seed)
+                              seed=r.seed, high_frequency=r.high_frequency)
 
     def static_lora(self, tasks, steps: int):
         """A static LoRA (Single LoRA for one direction, Shared LoRA for several), trained or cached."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class OptimConfig:
     grad_clip: float = 1.0             # 0: no clipping
     precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 elsewhere
     checkpointing: str = "none"        # gradient checkpointing: none | generator | backbone | both
+    high_frequency: float = 0.0        # weight of the loss's high-frequency term (train/objective.py); 0: L_edit
 
 
 @dataclass
@@ -195,6 +197,9 @@ class TrainConfig:
         if not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.grad_clip < 0 or v.every < 0:
             raise ConfigError("train.min_lr_ratio must be in [0, 1]; train.warmup_steps, train.grad_clip and "
                               "validation.every must not be negative")
+        if not (math.isfinite(t.high_frequency) and t.high_frequency >= 0):
+            raise ConfigError(f"train.high_frequency = {t.high_frequency}: give a finite weight >= 0 (0 trains on the "
+                              "paper's L_edit alone)")
         if len(t.betas) != 2:
             raise ConfigError(f"train.betas = {t.betas}: give two numbers, e.g. [0.9, 0.999]")
 

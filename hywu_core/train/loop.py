@@ -163,7 +163,8 @@ class Trainer:
         self.spec = self.generator.spec
         self.spec.verify(self.backbone.diffusion_model)
         checkpointing = config.train.checkpointing
-        self.objective = DenoisingObjective(self.backbone, checkpointing in ("backbone", "both"), self.spec)
+        self.objective = DenoisingObjective(self.backbone, checkpointing in ("backbone", "both"), self.spec,
+                                            config.train.high_frequency)
         self.generator_checkpointing = checkpointing in ("generator", "both")
 
         shard_generator(self.generator, self.context, self.device)

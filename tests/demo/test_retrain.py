@@ -10,7 +10,8 @@ from hywu_core.tiny_editor.backbone import load_demo_checkpoint, read_demo_check
 def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comfy_lib, tmp_path):
     out = tmp_path / "models"
     result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work", "--set", "source_pixelate=0.25",
-                  "--set", "pretrain_steps=4", "--set", "prediction=x0")
+                  "--set", "pretrain_steps=4", "--set", "prediction=x0",
+                  "--set", "high_frequency=2")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in FAMILY_FILES:
         assert (out / name).is_file(), name
@@ -19,7 +20,12 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     assert family["backbone_pretrain_loss"]["steps"] == 4 and family["encoder_loss"]["steps"] == 3
     assert family["recipe"]["source_pixelate"] == 0.25 and family["recipe"]["pretrain_steps"] == 4
     assert family["encoder_recipe"]["steps"] == 3 and len(family["generator_loss"]["curve"]) == 3
-    assert family["recipe"]["prediction"] == "x0"
+    assert family["recipe"]["prediction"] == "x0" and family["recipe"]["high_frequency"] == 2
+    assert json.loads((tmp_path / "work" / "generator_run" / "config.json").read_text())["train"]["high_frequency"] == 2
+    from hywu_core.experiments.context import QUICK, ExperimentContext
+
+    experiments = ExperimentContext(out, tmp_path / "experiments", QUICK, "val")    # its baselines: the same loss
+    assert experiments.recipe.high_frequency == 2 and experiments._schedule(4, 1e-3).high_frequency == 2
     assert read_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")[1].prediction == "x0"
     model, _, _ = load_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")
     generator = load_generator(out / "hywu" / "hywu_demo.safetensors")
@@ -32,7 +38,7 @@ def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(
                            ("pretrain_steps=1e4", "pretrain_steps takes an integer"),
                            ("source_pixelate=nan", "finite number >= 0"), ("pretrain_lr=-1", "finite number >= 0"),
                            ("source_pixelate=0.8", "source_pixelate is 1.3 (a share of the clean crops)"),
-                           ("free_text=2", "free_text 2"),
+                           ("free_text=2", "free_text 2"), ("high_frequency=inf", "finite number >= 0"),
                            ("prediction=eps", "prediction 'eps' is not one of velocity, x0, source_residual")):
         result = hywu("demo-family", "--quick", "--out", tmp_path / "models", "--work", tmp_path / "work",
                       "--set", setting)
