@@ -28,6 +28,7 @@ FREE_PROMPTS = ("make the image brighter", "make the image darker", "a photo", "
                 "turn it into a watercolour painting", "remove the cat", "")
 BROKEN_PSNR = 20.0   # dB to the source
 SHOWABLE_GRAIN = 0.005   # noise_sigma; a clean crop has 0.011 on average (median 0.003)
+SHOWABLE_PROGRESS = 0.1  # an edit shown must get at least a tenth of the way to its target
 
 
 def free_text(ctx: ExperimentContext) -> dict:
@@ -48,15 +49,17 @@ def free_text(ctx: ExperimentContext) -> dict:
                                for k, v in columns.items()} for i, p in enumerate(FREE_PROMPTS)}}
 
 
-def showable(tasks: list[str], right_way, against_source: dict) -> list[str]:
+def showable(tasks: list[str], right_way, against_source: dict, progress: dict) -> list[str]:
     """The directions HY-WU moves the right way on every edit (`right_way`: HY-WU's per-edit 0/1, in
-    the order of `tasks`) while adding less than SHOWABLE_GRAIN of grain to the source beyond what
-    the base adds (`against_source`: summaries of grain against the source, by BASE and HYWU)."""
+    the order of `tasks`) and at least SHOWABLE_PROGRESS of the way on average (`progress`: HY-WU's
+    summary of it), while adding less than SHOWABLE_GRAIN of grain to the source beyond what the base
+    adds (`against_source`: summaries of grain against the source, by BASE and HYWU)."""
     def added(task: str) -> float:
         return (against_source[HYWU]["per_direction"][task]["grain"]["estimate"]
                 - against_source[BASE]["per_direction"][task]["grain"]["estimate"])
 
     return [t for t in DIRECTIONS if t in tasks and added(t) < SHOWABLE_GRAIN
+            and progress["per_direction"][t]["progress"]["estimate"] >= SHOWABLE_PROGRESS
             and bool(right_way[[i for i, x in enumerate(tasks) if x == t]].min() == 1)]
 
 
@@ -67,7 +70,7 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
     against_source = {name: summarize(edits, {"grain": (noise_sigma(out) - noise_sigma(edits.source)).double()},
                                       ctx.budget.resamples) for name, out in outputs.items()}
     free = free_text(ctx)
-    shown = showable(edits.tasks, metrics[HYWU]["right_way"], against_source)
+    shown = showable(edits.tasks, metrics[HYWU]["right_way"], against_source, summaries[HYWU])
     results = {"edits": len(edits), "split": ctx.split, "variants": summaries, "showable": shown,
                "grain_vs_source": against_source, "free_text": free}
     free_rows = [f'| "{p}" | {cell(r["psnr"], "psnr")} | {cell(r["broken"], "right_way")} |'
@@ -81,7 +84,8 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
         *direction_table(against_source, "grain"), "",
         "Macro average: " + ", ".join(f"{name} {cell(s['macro']['grain'], 'grain')}"
                                       for name, s in against_source.items()) + ".", "",
-        f"Right way on every edit, adding less than {SHOWABLE_GRAIN} of grain to the source beyond the base's: "
+        f"Right way on every edit, progress at least {SHOWABLE_PROGRESS} and adding less than {SHOWABLE_GRAIN} of "
+        "grain to the source beyond the base's: "
         f"{', '.join(shown) or 'none'}.", "",
         f"Free text: the base backbone on {free['crops']} clean crops under prompts no edit uses [95% CI]:", "",
         f"| prompt | PSNR to the source dB | broken (< {BROKEN_PSNR:.0f} dB) |", "|---|---|---|", *free_rows,

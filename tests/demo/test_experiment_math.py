@@ -205,10 +205,11 @@ def test_neighbour_rates_per_query_against_all_other_items():
     assert interval.estimate == pytest.approx(0.6) and verdict(interval) == "reproduced"
 
 
-def test_a_direction_is_showable_when_right_every_time_and_its_grain_beyond_the_base_is_small():
-    """The demo's edits are chosen on val by family.showable: right way on every edit, and the grain
-    HY-WU adds to the source net of what the base backbone adds on the same edits under SHOWABLE_GRAIN."""
-    from hywu_core.experiments.family import BASE, HYWU, SHOWABLE_GRAIN, showable
+def test_a_direction_is_showable_when_right_every_time_far_enough_and_its_grain_beyond_the_base_is_small():
+    """The demo's edits are chosen on val by family.showable: right way on every edit, progress at least
+    SHOWABLE_PROGRESS, and the grain HY-WU adds to the source net of what the base backbone adds on the
+    same edits under SHOWABLE_GRAIN."""
+    from hywu_core.experiments.family import BASE, HYWU, SHOWABLE_GRAIN, SHOWABLE_PROGRESS, showable
 
     tasks = ["brighten"] * 2 + ["darken"] * 2 + ["blur"] * 2 + ["sharpen"] * 2
     right_way = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1], dtype=torch.float64)
@@ -220,7 +221,10 @@ def test_a_direction_is_showable_when_right_every_time_and_its_grain_beyond_the_
         BASE: grain({"brighten": 0.010, "darken": 0.001, "blur": 0.0, "sharpen": 0.0}),
         # brighten: grainy in absolute terms, but no grainier than the base on the same sources
         HYWU: grain({"brighten": 0.012, "darken": 0.001 + SHOWABLE_GRAIN, "blur": 0.0, "sharpen": 0.004})}
-    assert showable(tasks, right_way, against_source) == ["brighten", "sharpen"]
+    progress = {"per_direction": {t: {"progress": {"estimate": 0.5}} for t in set(tasks)}}
+    assert showable(tasks, right_way, against_source, progress) == ["brighten", "sharpen"]
+    progress["per_direction"]["sharpen"]["progress"]["estimate"] = SHOWABLE_PROGRESS - 0.01   # right, barely moves
+    assert showable(tasks, right_way, against_source, progress) == ["brighten"]
 
 
 @pytest.mark.parametrize("name", ["hywu_demo_edit", "hywu_batch_edit", "hywu_diagnostics", "hywu_freeze_lora"])
