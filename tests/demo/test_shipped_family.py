@@ -18,11 +18,11 @@ SHIPPED = "hywu_demo_shipped"
 TEST_SEED = 7             # edits of the test split no choice was made on
 PER_DIRECTION = 3
 SHOWN = tuple(dict.fromkeys(edit.task for edit in DEMO_EDITS))   # the directions `./hywu demo` shows
-# The shown directions held to "right way on every image here, beyond the base on each": four of the
-# seven. On 3 test edits each (seed 7, drawn for all seven), restore_blurred and restore_noisy went
-# the right way but less far than the base backbone (mean change of the score +0.0021 vs +0.0038 and
-# +0.0039 vs +0.0044), and desaturate went the wrong way on one; all three were chosen on val (8 of 8
-# edits the right way) and are reported as misses in the README.
+# The shown directions held to "right way on every image here, beyond the base on each": the four
+# exposure edits. The two colour edits the demo shows (fix_vivid, desaturate; chosen on val, where
+# all 8 edits went the right way) went the wrong way on 2 of 3 of these seed-7 test edits each, so
+# they are held only to the mean over the reported test edits (below) and reported as misses in the
+# README.
 RELIABLE = ("fix_dark", "fix_bright", "brighten", "darken")
 
 
@@ -81,6 +81,33 @@ def test_the_reliable_shown_edits_move_their_score_the_right_way_on_every_test_i
     for task, r in report.items():
         assert all(v > 0 for v in r["hywu"]), f"{task}: HY-WU moved the wrong way on some test image: {report}"
         assert min(r["hywu"]) > max(r["base"]), f"{task}: the base backbone edits as much as HY-WU: {report}"
+
+
+def test_every_shown_edit_moves_its_score_the_right_way_on_average_over_the_reported_test_edits(
+        shipped_family, client, tmp_path):
+    """Each shown direction RELIABLE leaves out, on the 8 test-split edits docs/experiments reports
+    for it (make_edits("test", 8, seed=SPLIT_SEEDS["test"]), all directions drawn, then filtered):
+    through the demo workflow, HY-WU's mean signed change of the direction's score is positive and
+    above the base backbone's."""
+    from hywu_core.experiments.context import SPLIT_SEEDS
+
+    rest = [task for task in SHOWN if task not in RELIABLE]
+    assert rest, "every shown direction is in RELIABLE: this test has nothing left to check"
+    template = load_api_workflow(WORKFLOW)
+    edits = make_edits("test", 8, seed=SPLIT_SEEDS["test"])
+    changes = {task: {"hywu": [], "base": []} for task in rest}
+    for i, task in enumerate(edits.tasks):
+        if task not in changes:
+            continue
+        out = _edit(client, template, shipped_family, tmp_path, edits.source[i], edits.instructions[i], f"m{i}")
+        source = edits.source[i:i + 1]
+        for key in ("hywu", "base"):
+            changes[task][key].append(float(DIRECTIONS[task].sign * (score(task, out[key]) - score(task, source))))
+    means = {task: {key: round(float(np.mean(v)), 5) for key, v in c.items()} for task, c in changes.items()}
+    assert all(len(c["hywu"]) == 8 for c in changes.values()), changes
+    for task, m in means.items():
+        assert m["hywu"] > 0, f"{task}: HY-WU moved the score the wrong way on average: {means}"
+        assert m["hywu"] > m["base"], f"{task}: the base backbone edits as much as HY-WU on average: {means}"
 
 
 def test_an_image_dependent_instruction_moves_two_sources_in_opposite_directions(shipped_family, client, tmp_path):
