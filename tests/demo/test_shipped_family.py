@@ -131,6 +131,23 @@ def test_an_image_dependent_instruction_moves_two_sources_in_opposite_directions
                 assert spec.sign * change > 0, f"{instruction!r} moved {task} the wrong way: {moves}"
 
 
+@pytest.mark.parametrize("name", ["hywu_demo_edit", "hywu_batch_edit", "hywu_diagnostics", "hywu_freeze_lora"])
+def test_the_example_workflows_on_the_demo_family_ask_for_edits_it_shows(name):
+    """A template an artist opens first must show an edit the shipped family does: every line of the
+    workflow's instruction strings is a phrasing of a shown direction whose source state is clean
+    (the templates load the clean held-out crops). Phrasings outside the suite ("make the image
+    brighter") are not routed to any direction by the tiny encoder."""
+    graph = load_api_workflow(WORKFLOW.parent / f"{name}.json")
+    lines = [line for node in graph.values() if node["class_type"] == "PrimitiveStringMultiline"
+             for line in node["inputs"]["value"].splitlines()]
+    assert lines, f"{name} has no instruction string"
+    clean_shown = {p: task for task in SHOWN if DIRECTIONS[task].source_state == "clean"
+                   for p in DIRECTIONS[task].phrasings}
+    assert all(line in clean_shown for line in lines), (
+        f"{name}: {[line for line in lines if line not in clean_shown]} is not a phrasing of a shown direction "
+        f"on a clean source ({sorted(set(clean_shown.values()))})")
+
+
 def test_the_experiments_run_on_the_shipped_family(hywu, tmp_path):
     """`./hywu experiment all --quick` through the CLI: every section on the test split, each figure
     finite with a finite bootstrap interval, and a Verdicts section with one verdict per claim."""
