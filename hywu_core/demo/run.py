@@ -8,9 +8,9 @@ side-by-side PNG: a row per edit (input | base model | HY-WU) under a caption na
 instruction and the input's state.
 
 The default edits (DEMO_EDITS) run on one held-out test crop put into several states
-(hywu_core.demo.edits.STATES): "fix the exposure" and "restore this photo" each on their two source
-states, where the same words must do opposite things (the image decides), and "make it brighter" /
-"make it darker" / "mute the colours" on the clean crop (there the text decides).
+(hywu_core.demo.edits.STATES): "fix the exposure" on its two source states, where the same words
+must do opposite things (the image decides), "make the colours natural" on a vivid one, and "make it
+brighter" / "make it darker" / "mute the colours" on the clean crop (there the text decides).
 Which edits are shown was chosen on the validation split.
 """
 from __future__ import annotations
