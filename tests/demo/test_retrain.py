@@ -37,7 +37,7 @@ def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(
     for setting, named in (("pretrain_step=10", "FIELD=VALUE with FIELD one of seed"),
                            ("pretrain_steps=1e4", "pretrain_steps takes an integer"),
                            ("source_pixelate=nan", "finite number >= 0"), ("pretrain_lr=-1", "finite number >= 0"),
-                           ("source_pixelate=0.8", "source_pixelate is 1.3 (a share of the clean crops)"),
+                           ("source_pixelate=0.8", "source_pixelate is 1.05 (a share of the clean crops)"),
                            ("free_text=2", "free_text 2"), ("high_frequency=inf", "finite number >= 0"),
                            ("prediction=eps", "prediction 'eps' is not one of velocity, x0, source_residual")):
         result = hywu("demo-family", "--quick", "--out", tmp_path / "models", "--work", tmp_path / "work",
