@@ -70,6 +70,9 @@ from hywu_core.train.validation import sample_edits, save_grid
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "peak_mem_mb")
 RESUME_MUST_MATCH = ("backbone", "encoder", "generator")
+# train keys that define the loss itself (lr, steps and the rest may change on resume), with the value a
+# checkpoint saved before the key existed was trained with
+RESUME_MUST_MATCH_TRAIN = {"high_frequency": 0.0}
 
 
 class WarmupCosine:
@@ -213,9 +216,12 @@ class Trainer:
         import json
 
         saved, now = json.loads(saved_json), json.loads(self.config.to_json())
-        differ = [s for s in RESUME_MUST_MATCH if saved.get(s) != now.get(s)]
+        differ = [f"[{s}]" for s in RESUME_MUST_MATCH if saved.get(s) != now.get(s)]
+        differ += [f"train.{k} ({saved.get('train', {}).get(k, old)} then, {now['train'].get(k, old)} now)"
+                   for k, old in RESUME_MUST_MATCH_TRAIN.items()
+                   if saved.get("train", {}).get(k, old) != now["train"].get(k, old)]
         if differ:
-            raise ConfigError(f"--resume: the checkpoint was trained with different [{'], ['.join(differ)}] "
+            raise ConfigError(f"--resume: the checkpoint was trained with different {', '.join(differ)} "
                               "settings; resume with the config the run was started with")
 
     def _build_generator(self):
