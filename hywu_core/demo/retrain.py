@@ -12,7 +12,8 @@
     3. the condition encoder: a tiny SigLIP2 pretrained with its own sigmoid image-text loss on
        the training crops in every state, then frozen (§3.3; hywu_core.demo.encoder_pretrain);
     4. the generator: an NNT trained end to end through the frozen backbone by the training entry
-       point (hywu_core.train, the same code as `./hywu train`) on the suite's training split.
+       point (hywu_core.train, the same code as `./hywu train`) on the suite's training split, on
+       the backbone's loss plus high_frequency times its high-frequency part (train.high_frequency).
 
 The result is laid out as ComfyUI model folders (what demo_models/ holds):
 
