@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_MODELS = REPO / "demo_models"
 DEMO_INPUTS = REPO / "hywu_core" / "demo" / "inputs"
 WORKFLOW = REPO / "workflows" / "api" / "hywu_demo_edit.json"
+# the example workflows (workflows/api/NAME.json) that run on the demo family as they ship
+FAMILY_WORKFLOWS = ("hywu_demo_edit", "hywu_batch_edit", "hywu_diagnostics", "hywu_freeze_lora")
 FAMILY_FILES = ("checkpoints/hywu_demo.safetensors", "hywu_encoders/hywu_demo/config.json",
                 "hywu/hywu_demo.safetensors")
 DEMO_SOURCE = ("test", "skimage:motorcycle_left", 0)   # split, source image, crop number: the demo's crop

@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from hywu_core.targets import derive_targets
 from hywu_core.tiny_editor.encoders import build_tiny_siglip2
 from hywu_core.tokenizer import make_layout
 from hywu_core.train.backbone import checkpointed, load_backbone
-from hywu_core.train.config import ConfigError, TrainConfig
+from hywu_core.train.config import ConfigError, OptimConfig, TrainConfig
 from hywu_core.train.data import DataOrder, EditDataset, read_manifest
 from hywu_core.train.distributed import (
     DistributedContext,
@@ -70,9 +70,9 @@ from hywu_core.train.validation import sample_edits, save_grid
 
 LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", "peak_mem_mb")
 RESUME_MUST_MATCH = ("backbone", "encoder", "generator")
-# train keys that define the loss itself (lr, steps and the rest may change on resume), with the value a
-# checkpoint saved before the key existed was trained with
-RESUME_MUST_MATCH_TRAIN = {"high_frequency": 0.0}
+# train keys that define the loss itself (lr, steps and the rest may change on resume); a checkpoint
+# saved before a key existed was trained with its OptimConfig default
+RESUME_MUST_MATCH_TRAIN = ("high_frequency",)
 
 
 class WarmupCosine:
@@ -217,9 +217,10 @@ class Trainer:
 
         saved, now = json.loads(saved_json), json.loads(self.config.to_json())
         differ = [f"[{s}]" for s in RESUME_MUST_MATCH if saved.get(s) != now.get(s)]
-        differ += [f"train.{k} ({saved.get('train', {}).get(k, old)} then, {now['train'].get(k, old)} now)"
-                   for k, old in RESUME_MUST_MATCH_TRAIN.items()
-                   if saved.get("train", {}).get(k, old) != now["train"].get(k, old)]
+        defaults = {f.name: f.default for f in fields(OptimConfig)}
+        then = {k: saved.get("train", {}).get(k, defaults[k]) for k in RESUME_MUST_MATCH_TRAIN}
+        differ += [f"train.{k} ({then[k]} then, {now['train'][k]} now)" for k in RESUME_MUST_MATCH_TRAIN
+                   if then[k] != now["train"][k]]
         if differ:
             raise ConfigError(f"--resume: the checkpoint was trained with different {', '.join(differ)} "
                               "settings; resume with the config the run was started with")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from hywu_core.demo.edits import make_edits
+from hywu_core.demo.run import FAMILY_WORKFLOWS
 from hywu_core.experiments import stats
 from hywu_core.experiments.context import edit_metrics
 from hywu_core.experiments.geometry import neighbour_rates, update_cosines
@@ -227,7 +228,7 @@ def test_a_direction_is_showable_when_right_every_time_far_enough_and_its_grain_
     assert showable(tasks, right_way, against_source, progress) == ["brighten"]
 
 
-@pytest.mark.parametrize("name", ["hywu_demo_edit", "hywu_batch_edit", "hywu_diagnostics", "hywu_freeze_lora"])
+@pytest.mark.parametrize("name", FAMILY_WORKFLOWS)
 def test_the_experiments_sample_as_the_demo_family_workflows_do(name):
     """The reported figures are of what users run: every KSampler of the workflows on the demo family
     uses the experiments' sampler settings (FULL: steps and cfg, euler / simple)."""
