@@ -67,8 +67,11 @@ MIN_SIZE, MAX_SIZE = 8, 256  # pixels per side the demo editor samples (trained 
 
 # What the MMDiT's output means (the denoised image D from the output `out`, noisy pixels x_t at sigma,
 # source pixels s): "velocity"  D = x_t - sigma * out (rectified flow, SD3's CONST);
-# "x0"  D = out (the clean image itself); "source_residual"  D = s + out (the change to the source).
-PREDICTIONS = ("velocity", "x0", "source_residual")
+# "x0"  D = out (the clean image itself); "source_residual"  D = s + out (the change to the source);
+# "source_affine"  D = s + M s + b + r: a smooth local colour transform of the source plus detail
+# (local_affine).
+PREDICTIONS = ("velocity", "x0", "source_residual", "source_affine")
+AFFINE_CHANNELS = IMAGE_CHANNELS + IMAGE_CHANNELS ** 2 + IMAGE_CHANNELS   # detail r, matrix M, offset b
 
 
 class DemoCheckpointError(ValueError):
@@ -118,7 +121,7 @@ class DemoBackboneConfig:
         return {
             "patch_size": self.patch_size,
             "in_channels": 2 * IMAGE_CHANNELS,
-            "out_channels": IMAGE_CHANNELS,
+            "out_channels": AFFINE_CHANNELS if self.prediction == "source_affine" else IMAGE_CHANNELS,
             "depth": self.depth,
             "num_blocks": self.num_blocks,
             "mlp_ratio": self.mlp_ratio,
@@ -273,6 +276,28 @@ def sample(model, clip, vae, source_image: torch.Tensor, prompt: str, seed: int,
     return vae.decode(samples)
 
 
+def local_affine(source: torch.Tensor, out: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The denoised image of prediction "source_affine": D = s + M s + b + r, per pixel.
+
+    `out` (N, AFFINE_CHANNELS, H, W) holds the detail r (3 channels), then a 3x3 colour matrix M
+    (9, row-major) and an offset b (3). M and b are averaged over each patch and upsampled
+    bilinearly, so they are smooth by construction: they carry a tone or colour change that follows
+    the source (exposure: M diagonal, b constant; chroma: M = c I + (1 - c) 1 w^T, w the luma
+    weights) without the patch grid a change written pixel by pixel through the final layer leaves
+    (its 16 outputs per token are not tied to each other); r carries what is not a colour transform
+    (detail, blur, grain). With out = 0 the model returns its source.
+    """
+    c = IMAGE_CHANNELS
+    if out.shape[1] != AFFINE_CHANNELS or source.shape[1] != c or out.shape[-2:] != source.shape[-2:]:
+        raise ValueError(f"local_affine needs a source (N, {c}, H, W) and an output (N, {AFFINE_CHANNELS}, H, W), "
+                         f"got {tuple(source.shape)} and {tuple(out.shape)}")
+    coarse = torch.nn.functional.avg_pool2d(out[:, c:], patch_size, ceil_mode=True)
+    coarse = torch.nn.functional.interpolate(coarse, size=tuple(source.shape[-2:]), mode="bilinear",
+                                             align_corners=False)
+    matrix, offset = coarse[:, :c * c].unflatten(1, (c, c)), coarse[:, c * c:]
+    return source + torch.einsum("nijhw,njhw->nihw", matrix, source) + offset + out[:, :c]
+
+
 def check_image_size(height: int, width: int) -> None:
     """Refuse image sizes the demo editor cannot sample, naming the accepted range."""
     if not (MIN_SIZE <= height <= MAX_SIZE and MIN_SIZE <= width <= MAX_SIZE):
@@ -332,8 +357,10 @@ def _pixel_editor_config_class():
         """SD3's MMDiT on [noisy pixels ; source pixels]: BaseModel.concat_cond appends the
         InstructPixToPixConditioning image as channels for the concat key "concat_image".
 
-        With prediction "x0" or "source_residual" the model's model_sampling returns the output as
-        the denoised image, and for "source_residual" _apply_model adds the source (c_concat) to it.
+        With prediction "x0", "source_residual" or "source_affine" the model's model_sampling returns the
+        output as the denoised image; for "source_residual" _apply_model adds the source (c_concat) to it,
+        for "source_affine" it applies local_affine (the MMDiT then has AFFINE_CHANNELS outputs: ComfyUI's
+        BaseModel._apply_model passes any channel count through, and the image returned has 3).
         ComfyUI's ModelSamplingSD3 / ModelSamplingAuraFlow nodes patch "model_sampling" with a velocity
         (CONST) class, which ModelPatcher sets on this model when it loads: for these predictions that
         would turn every output into noise, so _apply_model refuses it by name.
@@ -343,6 +370,7 @@ def _pixel_editor_config_class():
             super().__init__(model_config, device=device)
             self.concat_keys = ("concat_image",)
             self.prediction = model_config.prediction
+            self.patch_size = model_config.unet_config["patch_size"]
             if self.prediction != "velocity":
                 self.model_sampling = ModelSamplingFlowX0(model_config)
 
@@ -358,6 +386,8 @@ def _pixel_editor_config_class():
             denoised = super()._apply_model(x, t, c_concat, *args, **kwargs)
             if self.prediction == "source_residual":
                 denoised = denoised + c_concat.to(denoised)
+            elif self.prediction == "source_affine":
+                denoised = local_affine(c_concat.to(denoised), denoised, self.patch_size)
             return denoised
 
     class PixelEditorConfig(comfy.supported_models_base.BASE):

@@ -152,8 +152,9 @@ def test_sample_refuses_channels_first_images(demo, loaded):
 
 @pytest.mark.parametrize("prediction", backbone.PREDICTIONS)
 def test_prediction_sets_what_the_mmdit_output_means(demo, prediction, tmp_path):
-    """velocity: D = x_t - sigma out (SD3's rectified flow); x0: D = out; source_residual: D = source + out.
-    The file keeps the choice, and the training objective's loss is taken on the raw output."""
+    """velocity: D = x_t - sigma out (SD3's rectified flow); x0: D = out; source_residual: D = source + out;
+    source_affine: D = local_affine(source, out). The file keeps the choice, and the training objective's
+    loss is taken on the raw output (on D itself for source_affine, whose D is not affine in out per pixel)."""
     from hywu_core.train.backbone import Backbone
     from hywu_core.train.objective import DenoisingObjective
 
@@ -169,8 +170,12 @@ def test_prediction_sets_what_the_mmdit_output_means(demo, prediction, tmp_path)
     with torch.no_grad():
         denoised = model.model.apply_model(x_t, sigma, c_concat=source, c_crossattn=context)
         out = model.model.diffusion_model(torch.cat([x_t, source], 1), sigma * 1000, context=context)
-    expected = {"velocity": x_t - sigma.view(-1, 1, 1, 1) * out, "x0": out, "source_residual": source + out}
-    torch.testing.assert_close(denoised, expected[prediction], rtol=1e-5, atol=1e-5)
+    assert out.shape[1] == (backbone.AFFINE_CHANNELS if prediction == "source_affine" else 3)
+    expected = {"velocity": lambda: x_t - sigma.view(-1, 1, 1, 1) * out, "x0": lambda: out,
+                "source_residual": lambda: source + out,
+                "source_affine": lambda: backbone.local_affine(source, out, config.patch_size)}[prediction]()
+    assert denoised.shape == x_t.shape
+    torch.testing.assert_close(denoised, expected, rtol=1e-5, atol=1e-5)
 
     bb = Backbone(model, clip, vae, "instruct_pix2pix").load()
     objective = DenoisingObjective(bb)
@@ -184,7 +189,9 @@ def test_prediction_sets_what_the_mmdit_output_means(demo, prediction, tmp_path)
             c = conds[i]
             raw = model.model.diffusion_model(torch.cat([x_t, c["c_concat"].cond], 1), s * 1000,
                                               context=c["c_crossattn"].cond)
-            target = {"velocity": noise[i:i + 1] - x0[i:i + 1], "x0": x0[i:i + 1],
+            if prediction == "source_affine":
+                raw = backbone.local_affine(c["c_concat"].cond, raw, config.patch_size)
+            target = {"velocity": noise[i:i + 1] - x0[i:i + 1], "x0": x0[i:i + 1], "source_affine": x0[i:i + 1],
                       "source_residual": x0[i:i + 1] - c["c_concat"].cond}[prediction]
             torch.testing.assert_close(losses[i], (raw - target).square().mean(), rtol=1e-4, atol=1e-6)
 
@@ -209,3 +216,38 @@ def test_a_velocity_model_sampling_patch_on_an_x0_backbone_is_refused_by_name(de
     patched = ModelSamplingSD3().patch(model, shift=3.0)[0]
     with pytest.raises(ValueError, match="predicts 'source_residual'.*ModelSamplingSD3.*remove that node"):
         demo.sample(patched, clip, vae, source, "darken", seed=0, steps=2, cfg=1.0)
+
+
+def test_local_affine_writes_exposure_and_chroma_as_smooth_colour_transforms():
+    """out = 0 keeps the source; a constant M and b (in the pixel VAE's [-1, 1]) are the suite's darken,
+    brighten and chroma scaling exactly; M and b count only through their patch means, so variation
+    inside a patch (the grid a per-pixel output leaves) cannot reach the image."""
+    from hywu_core.demo.edits import LIGHT_AMOUNT, brighten, darken, scale_chroma
+    from hywu_core.demo.images import LUMA
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 16, 16, 3, generator=g) * 0.8 + 0.1
+    s = (2 * x - 1).permute(0, 3, 1, 2)                     # IMAGE -> the pixel VAE's latent
+
+    def out(matrix, offset, detail=torch.zeros(3)):
+        fields = torch.cat([detail, torch.as_tensor(matrix).flatten(), torch.as_tensor(offset)])
+        return fields.view(1, -1, 1, 1).expand(2, -1, 16, 16).float()
+
+    def image(latent):
+        return ((latent + 1) / 2).permute(0, 2, 3, 1)
+
+    a, eye = LIGHT_AMOUNT, torch.eye(3)
+    torch.testing.assert_close(backbone.local_affine(s, torch.zeros(2, 15, 16, 16), 4), s, rtol=0, atol=0)
+    torch.testing.assert_close(image(backbone.local_affine(s, out(-a * eye, [-a] * 3), 4)), darken(x))
+    torch.testing.assert_close(image(backbone.local_affine(s, out(-a * eye, [a] * 3), 4)), brighten(x))
+    luma = torch.tensor(LUMA)
+    grey = 0.25 * eye + 0.75 * torch.ones(3, 1) * luma - eye
+    torch.testing.assert_close(image(backbone.local_affine(s, out(grey, [0.0] * 3), 4)), scale_chroma(x, 0.25))
+
+    fields = torch.randn(2, 15, 4, 4, generator=g).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    wobble = torch.randn(2, 15, 16, 16, generator=g)
+    wobble[:, 3:] -= torch.nn.functional.avg_pool2d(wobble[:, 3:], 4).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    wobble[:, :3] = 0                                       # the detail channels are per pixel by design
+    torch.testing.assert_close(backbone.local_affine(s, fields + wobble, 4), backbone.local_affine(s, fields, 4))
+    with pytest.raises(ValueError, match=r"an output \(N, 15, H, W\)"):
+        backbone.local_affine(s, torch.zeros(2, 3, 16, 16), 4)

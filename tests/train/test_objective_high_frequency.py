@@ -22,7 +22,7 @@ def test_the_mask_passes_grain_and_drops_smooth_error():
         high_frequency_error(torch.zeros(1, 3, 2, 8))
 
 
-@pytest.mark.parametrize("prediction", ["velocity", "source_residual"])
+@pytest.mark.parametrize("prediction", ["velocity", "source_residual", "source_affine"])
 def test_the_loss_adds_lambda_times_the_masked_error_of_the_raw_output(comfy_lib, prediction):
     from hywu_core.tiny_editor.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
     from hywu_core.train.backbone import Backbone
