@@ -285,7 +285,9 @@ def local_affine(source: torch.Tensor, out: torch.Tensor, patch_size: int) -> to
     the source (exposure: M diagonal, b constant; chroma: M = c I + (1 - c) 1 w^T, w the luma
     weights) without the patch grid a change written pixel by pixel through the final layer leaves
     (its 16 outputs per token are not tied to each other); r carries what is not a colour transform
-    (detail, blur, grain). With out = 0 the model returns its source.
+    (detail, blur, grain) and is per pixel, so it can still draw a texture inside the patches (a
+    family trained on this prediction did: docs/design.md, "The tiny editor"). With out = 0 the model
+    returns its source.
     """
     c = IMAGE_CHANNELS
     if out.shape[1] != AFFINE_CHANNELS or source.shape[1] != c or out.shape[-2:] != source.shape[-2:]:
