@@ -31,7 +31,8 @@ are in edits.jsonl beside it, one line per manifest line.
 Metrics: `psnr` and `ssim` (Wang et al. 2004: 11-tap Gaussian window, sigma 1.5, K1 0.01,
 K2 0.03, per-channel mean over the valid region, population covariance; the same numbers as
 skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False));
-`noise_sigma` doubles as the grain metric, `patch_artefact` measures the 4x4 patch grid.
+`noise_sigma` doubles as the grain metric, `patch_artefact` measures steps on the 4x4 patch grid
+and `patch_lattice` an error that repeats with it.
 All filtering uses shifted slices, not convolutions, so results are bitwise reproducible.
 """
 from __future__ import annotations
@@ -182,6 +183,30 @@ def patch_artefact(images: Tensor, patch: int = PATCH) -> Tensor:
     across = torch.cat([s[..., grid].flatten(-2) for s, grid in zip(steps, on_grid)], -1).mean(-1)
     inside = torch.cat([s[..., ~grid].flatten(-2) for s, grid in zip(steps, on_grid)], -1).mean(-1)
     return (across / inside.clamp_min(1e-6) - 1).float()
+
+
+def patch_lattice(images: Tensor, reference: Tensor, patch: int = PATCH) -> Tensor:
+    """Strength of the part of images - reference that repeats with the patch grid, per image, in
+    the luma's units: the luma difference averaged over all patches at each of the patch x patch
+    positions, its mean removed, root mean square.
+
+    0 at the reference. An edit's own error is smooth or tied to the content, which has no
+    preferred position inside the patches, so it averages out; marks a backbone draws the same in
+    every patch (a texture inside them, or steps on every grid line) stay. patch_artefact sees only
+    the steps, and only relative to the image's own; patches offset at random show there, not here.
+    """
+    _check_images(images)
+    _check_images(reference, "reference")
+    if images.shape != reference.shape:
+        raise EditSuiteError(f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape")
+    error = luminance(images).double() - luminance(reference).double()
+    h, w = (error.shape[-2] // patch) * patch, (error.shape[-1] // patch) * patch
+    if h == 0 or w == 0:
+        raise EditSuiteError(f"images of {tuple(images.shape[-3:-1])} are smaller than one {patch}x{patch} patch")
+    tiles = error[..., :h, :w].reshape(*error.shape[:-2], h // patch, patch, w // patch, patch)
+    pattern = tiles.mean((-4, -2))
+    pattern = pattern - pattern.mean((-2, -1), keepdim=True)
+    return pattern.square().mean((-2, -1)).sqrt().float()
 
 
 def sharpness(images: Tensor) -> Tensor:

@@ -13,7 +13,9 @@
        the training crops in every state, then frozen (§3.3; hywu_core.demo.encoder_pretrain);
     4. the generator: an NNT trained end to end through the frozen backbone by the training entry
        point (hywu_core.train, the same code as `./hywu train`) on the suite's training split, on
-       the backbone's loss plus high_frequency times its high-frequency part (train.high_frequency).
+       the backbone's loss plus high_frequency times its high-frequency part (train.high_frequency)
+       and patch_lattice times the part of its error that repeats with the patch grid
+       (train.patch_lattice).
 
 The result is laid out as ComfyUI model folders (what demo_models/ holds):
 
@@ -72,6 +74,7 @@ class FamilyRecipe:
     generator_steps: int = 6000
     generator_lr: float = 1e-3
     high_frequency: float = 4.0      # the edit loss's high-frequency weight (train.high_frequency), baselines too
+    patch_lattice: float = 0.0       # the edit loss's patch-lattice weight (train.patch_lattice), baselines too
     batch_size: int = 8
     warmup_steps: int = 50
     width: int = 64                  # NNT width, depth, heads; LoRA rank and alpha
@@ -208,7 +211,7 @@ def generator_config(work: Path, backbone_file: Path, encoder: Path, recipe: Fam
         "data": {"folder": str(work / "train")},
         "train": {"steps": recipe.generator_steps, "batch_size": recipe.batch_size, "lr": recipe.generator_lr,
                   "warmup_steps": recipe.warmup_steps, "min_lr_ratio": 0.1, "grad_clip": 1.0,
-                  "high_frequency": recipe.high_frequency},
+                  "high_frequency": recipe.high_frequency, "patch_lattice": recipe.patch_lattice},
         "validation": {"every": 0, "count": 8, "steps": 8, "cfg": 2.0},
     }
 

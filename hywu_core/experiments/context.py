@@ -8,7 +8,8 @@ Equal training budget: within one comparison every trained method (Single / Shar
 gets the same optimizer steps at the same batch size on the training split's edits of its
 directions (make_edits("train", per direction: Budget.train_per_direction or the recipe's, the
 recipe's seed, tasks)). Trained baselines are
-cached under <out>/cache/<family fingerprint>/, keyed by method, directions, steps and data size.
+cached under <out>/cache/<family fingerprint>/ (the backbone and generator files and the recipe, whose
+loss the baselines train on), keyed by method, directions, steps and data size.
 
 Evaluation samples every edit through ComfyUI's KSampler path (train.validation.sample_edits) with
 the demo workflow's sampler settings and scores each output (edit_metrics, one value per edit):
@@ -22,7 +23,8 @@ the demo workflow's sampler settings and scores each output (edit_metrics, one v
     right_way        1 when that signed change is > 0
     win_vs_base      1 when PSNR to the target beats the base backbone's on the same edit, 0.5 on a tie
     grain            noise_sigma(output) - noise_sigma(target)
-    patch_artefact   patch_artefact(output) - patch_artefact(target) (the 4x4 patch grid)
+    patch_artefact   patch_artefact(output) - patch_artefact(target) (steps on the 4x4 patch grid)
+    patch_lattice    patch_lattice(output, target) (the error that repeats in every 4x4 patch; 0 at the target)
 
 Directions' scores differ in scale, so nothing is pooled across directions: summaries are
 per-direction means and their macro average, each with a stratified bootstrap 95% interval (stats).
@@ -49,6 +51,7 @@ from hywu_core.demo.edits import (
     make_edits,
     noise_sigma,
     patch_artefact,
+    patch_lattice,
     psnr,
     score,
     ssim,
@@ -74,11 +77,12 @@ from hywu_core.train.validation import sample_edits
 
 SPLITS = ("val", "test")
 SPLIT_SEEDS = {"val": 1, "test": 2}
-METRICS = ("psnr", "ssim", "progress", "right_way", "win_vs_base", "grain", "patch_artefact")
+METRICS = ("psnr", "ssim", "progress", "right_way", "win_vs_base", "grain", "patch_artefact", "patch_lattice")
 LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "progress": "progress", "right_way": "right way",
-          "win_vs_base": "win vs base", "grain": "grain", "patch_artefact": "patch artefact"}
+          "win_vs_base": "win vs base", "grain": "grain", "patch_artefact": "patch artefact",
+          "patch_lattice": "patch lattice"}
 FORMATS = {"psnr": "+.2f", "ssim": "+.3f", "progress": "+.2f", "right_way": ".2f", "win_vs_base": ".2f",
-           "grain": "+.4f", "patch_artefact": "+.3f"}
+           "grain": "+.4f", "patch_artefact": "+.3f", "patch_lattice": ".4f"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ def edit_metrics(edits: EditSet, outputs: Tensor, base_psnr: Tensor | None = Non
     metrics = {"psnr": value, "ssim": ssim(outputs, edits.target).double(),
                "progress": (gain / target_gain).clamp(-1, 1), "right_way": (gain > 0).double(),
                "grain": (noise_sigma(outputs) - noise_sigma(edits.target)).double(),
-               "patch_artefact": (patch_artefact(outputs) - patch_artefact(edits.target)).double()}
+               "patch_artefact": (patch_artefact(outputs) - patch_artefact(edits.target)).double(),
+               "patch_lattice": patch_lattice(outputs, edits.target).double()}
     if base_psnr is not None:
         metrics["win_vs_base"] = (value > base_psnr).double() + 0.5 * (value == base_psnr).double()
     return metrics
@@ -183,10 +188,11 @@ def _tasks_name(tasks) -> str:
     return "all" if tuple(tasks) == tuple(DIRECTIONS) else "-".join(tasks)
 
 
-def family_fingerprint(files) -> str:
+def family_fingerprint(files, recipe: FamilyRecipe) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(Path(file).read_bytes())
+    digest.update(json.dumps(asdict(recipe), sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
@@ -206,7 +212,7 @@ class ExperimentContext:
         known = {f.name for f in dataclasses.fields(FamilyRecipe)}
         recipe = json.loads(family.read_text()).get("recipe", {}) if family.is_file() else {}
         self.recipe = FamilyRecipe(**{k: v for k, v in recipe.items() if k in known})
-        self.cache = out / "cache" / family_fingerprint([self.backbone_file, self.generator_file])
+        self.cache = out / "cache" / family_fingerprint([self.backbone_file, self.generator_file], self.recipe)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.backbone = self.load_backbone()
         self.encoder = load_condition_encoder(self.encoder_folder, device=self.backbone.device)
@@ -247,7 +253,7 @@ class ExperimentContext:
     def _schedule(self, steps: int, lr: float):
         r = self.recipe
         return StaticSchedule(steps=steps, batch_size=r.batch_size, lr=lr, warmup_steps=min(r.warmup_steps, steps // 4),
-                              seed=r.seed, high_frequency=r.high_frequency)
+                              seed=r.seed, high_frequency=r.high_frequency, patch_lattice=r.patch_lattice)
 
     def static_lora(self, tasks, steps: int):
         """A static LoRA (Single LoRA for one direction, Shared LoRA for several), trained or cached."""

@@ -64,7 +64,8 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
     results, lines, claims = {"samples": len(edits), "split": ctx.split, "points": {}}, [], []
     for k, (name, lora) in enumerate(points.items()):
         grads = per_sample_gradients(ctx.backbone, lora.to(ctx.backbone.device), edits.source, edits.target,
-                                     edits.instructions, high_frequency=r.high_frequency)
+                                     edits.instructions, high_frequency=r.high_frequency,
+                                     patch_lattice=r.patch_lattice)
         unit = grads.double() / grads.double().norm(dim=1, keepdim=True).clamp_min(1e-300)
         cosines = unit @ unit.T
         means = stats.pair_mean_interval(cosines, masks, edits.tasks, [(INTRA, CONFLICTING)], b.resamples)

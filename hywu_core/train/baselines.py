@@ -72,6 +72,7 @@ class StaticSchedule:
     grad_clip: float = 1.0
     seed: int = 0
     high_frequency: float = 0.0        # the objective's high-frequency weight (train/objective.py), as the generator's
+    patch_lattice: float = 0.0         # the objective's patch-lattice weight (train/objective.py), as the generator's
     losses: list = field(default_factory=list)
 
 
@@ -96,7 +97,8 @@ def train_static(backbone: Backbone, dataset: EditDataset, method: str, schedule
     optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupCosine(schedule.warmup_steps, schedule.steps, schedule.min_lr_ratio))
-    objective = DenoisingObjective(backbone, high_frequency=schedule.high_frequency)
+    objective = DenoisingObjective(backbone, high_frequency=schedule.high_frequency,
+                                   patch_lattice=schedule.patch_lattice)
     order = DataOrder(len(dataset), schedule.seed)
     for step in range(schedule.steps):
         ids = order.take(schedule.batch_size)
@@ -122,13 +124,14 @@ def train_static(backbone: Backbone, dataset: EditDataset, method: str, schedule
 
 
 def per_sample_gradients(backbone: Backbone, lora: StaticLoRA, sources: Tensor, targets: Tensor,
-                         instructions: list[str], seed: int = 0, high_frequency: float = 0.0) -> Tensor:
-    """(N, P): the gradient of each edit's L_edit (with the objective's `high_frequency` term, as the
-    LoRA was trained) with respect to every parameter of `lora`, one flattened row per edit (IMAGE
-    batches sources / targets; fixed noise and noise level per edit index): the per-sample LoRA
-    gradients of §5.2."""
+                         instructions: list[str], seed: int = 0, high_frequency: float = 0.0,
+                         patch_lattice: float = 0.0) -> Tensor:
+    """(N, P): the gradient of each edit's L_edit (with the objective's `high_frequency` and
+    `patch_lattice` terms, as the LoRA was trained) with respect to every parameter of `lora`, one
+    flattened row per edit (IMAGE batches sources / targets; fixed noise and noise level per edit
+    index): the per-sample LoRA gradients of §5.2."""
     backbone.load()
-    objective = DenoisingObjective(backbone, high_frequency=high_frequency)
+    objective = DenoisingObjective(backbone, high_frequency=high_frequency, patch_lattice=patch_lattice)
     rows = []
     for i, instruction in enumerate(instructions):
         x0, conds, noise, sigma = objective.inputs(sources[i:i + 1], targets[i:i + 1], [instruction], [], [i], seed)

@@ -104,6 +104,7 @@ class OptimConfig:
     precision: str = "auto"            # auto: bf16 autocast on CUDA, fp32 elsewhere
     checkpointing: str = "none"        # gradient checkpointing: none | generator | backbone | both
     high_frequency: float = 0.0        # weight of the loss's high-frequency term (train/objective.py); 0: L_edit
+    patch_lattice: float = 0.0         # weight of the loss's patch-lattice term (train/objective.py); 0: L_edit
 
 
 @dataclass
@@ -197,9 +198,10 @@ class TrainConfig:
         if not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0 or t.grad_clip < 0 or v.every < 0:
             raise ConfigError("train.min_lr_ratio must be in [0, 1]; train.warmup_steps, train.grad_clip and "
                               "validation.every must not be negative")
-        if not (math.isfinite(t.high_frequency) and t.high_frequency >= 0):
-            raise ConfigError(f"train.high_frequency = {t.high_frequency}: give a finite weight >= 0 (0 trains on the "
-                              "paper's L_edit alone)")
+        for key, weight in (("high_frequency", t.high_frequency), ("patch_lattice", t.patch_lattice)):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"train.{key} = {weight}: give a finite weight >= 0 (0 trains on the paper's "
+                                  "L_edit alone)")
         if len(t.betas) != 2:
             raise ConfigError(f"train.betas = {t.betas}: give two numbers, e.g. [0.9, 0.999]")
 

@@ -72,7 +72,7 @@ LOG_COLUMNS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s", 
 RESUME_MUST_MATCH = ("backbone", "encoder", "generator")
 # train keys that define the loss itself (lr, steps and the rest may change on resume); a checkpoint
 # saved before a key existed was trained with its OptimConfig default
-RESUME_MUST_MATCH_TRAIN = ("high_frequency",)
+RESUME_MUST_MATCH_TRAIN = ("high_frequency", "patch_lattice")
 
 
 class WarmupCosine:
@@ -167,7 +167,7 @@ class Trainer:
         self.spec.verify(self.backbone.diffusion_model)
         checkpointing = config.train.checkpointing
         self.objective = DenoisingObjective(self.backbone, checkpointing in ("backbone", "both"), self.spec,
-                                            config.train.high_frequency)
+                                            config.train.high_frequency, config.train.patch_lattice)
         self.generator_checkpointing = checkpointing in ("generator", "both")
 
         shard_generator(self.generator, self.context, self.device)

@@ -20,6 +20,14 @@ notices faint grain (an error of std 0.003 costs 1e-5), so a LoRA is left with i
 white noise with gain 36 and smooth error with about none, so lambda = 1 already pulls 37x harder on
 grain while leaving the edit's own (smooth) error as it was. lambda = 0 is the paper's L_edit.
 
+Optional, not in the paper: `patch_lattice` = mu adds mu * mean(P(e)^2), with P(e) the part of the
+error that repeats with the backbone's patch grid: e averaged over all patches at each of the p x p
+positions (p: the model's patch size), each channel's mean removed. A pattern the final layer draws
+the same in every patch (a 4x4 texture or steps on every grid line of a patchified backbone) is
+1/(p*p)-th of a plain squared loss spread over a whole image, yet it is what a viewer sees first;
+error that is smooth or tied to the content averages out of P. demo.edits.patch_lattice measures
+the same pattern in the luma of an output. mu = 0 leaves L_edit as it was.
+
 conds_i are what ComfyUI's sampler feeds the model (convert_cond + encode_model_conds with the
 model's extra_conds, then process_cond and cond_cat, as samplers.calc_cond_batch does), so
 concat images, reference latents, pooled vectors, guidance etc. enter exactly as in sampling.
@@ -68,6 +76,28 @@ def high_frequency_error(error: Tensor) -> Tensor:
     return response.reshape(error.shape[0], -1).square().mean(1)
 
 
+def patch_lattice_error(error: Tensor, patch: int) -> Tensor:
+    """Per-sample mean square of the part of `error` (N, C, H, W) that repeats every `patch` pixels:
+    the error averaged over the patches at each position, each channel's mean removed."""
+    h, w = (error.shape[-2] // patch) * patch, (error.shape[-1] // patch) * patch
+    if h == 0 or w == 0:
+        raise ValueError(f"the patch-lattice loss needs latents of at least one {patch}x{patch} patch, "
+                         f"got {tuple(error.shape[-2:])}")
+    tiles = error[..., :h, :w].reshape(error.shape[0], -1, h // patch, patch, w // patch, patch)
+    pattern = tiles.mean((2, 4))
+    pattern = pattern - pattern.mean((-2, -1), keepdim=True)
+    return pattern.square().flatten(1).mean(1)
+
+
+def model_patch_size(model) -> int:
+    """The patch size of a ComfyUI BaseModel's diffusion model (its unet_config's "patch_size")."""
+    patch = model.model_config.unet_config.get("patch_size")
+    if not isinstance(patch, int) or patch < 2:
+        raise ValueError(f"the patch-lattice loss needs a patchified backbone (unet_config patch_size >= 2), this "
+                         f"one has patch_size {patch!r}; set train.patch_lattice to 0")
+    return patch
+
+
 def leaf_bundle(bundle: LoRABundle) -> LoRABundle:
     """A copy of the bundle whose factors are fresh leaves that collect gradients."""
     return LoRABundle(bundle.spec, bundle.rank, bundle.alpha,
@@ -90,11 +120,15 @@ def backward_into_generator(bundle: LoRABundle, leaf: LoRABundle) -> None:
 class DenoisingObjective:
     """L_edit for a Backbone (train.backbone.Backbone): per-sample losses, back-propagated into a LoRA leaf."""
 
-    def __init__(self, backbone, block_checkpointing: bool = False, spec=None, high_frequency: float = 0.0):
-        if not (math.isfinite(high_frequency) and high_frequency >= 0):
-            raise ValueError(f"high_frequency = {high_frequency}: give a finite weight >= 0 (0: the plain L_edit)")
+    def __init__(self, backbone, block_checkpointing: bool = False, spec=None, high_frequency: float = 0.0,
+                 patch_lattice: float = 0.0):
+        for name, weight in (("high_frequency", high_frequency), ("patch_lattice", patch_lattice)):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"{name} = {weight}: give a finite weight >= 0 (0: the plain L_edit)")
         self.backbone = backbone
         self.high_frequency = float(high_frequency)
+        self.patch_lattice = float(patch_lattice)
+        self.patch = model_patch_size(backbone.model.model) if self.patch_lattice else 0
         self.checkpoint_blocks = backbone.block_modules(spec) if block_checkpointing else []
 
     def model_conds(self, positive: list, x0: Tensor, noise: Tensor, seed: int) -> dict:
@@ -180,6 +214,8 @@ class DenoisingObjective:
                 per_sample = error.square().flatten(1).mean(1)
                 if self.high_frequency:
                     per_sample = per_sample + self.high_frequency * high_frequency_error(error)
+                if self.patch_lattice:
+                    per_sample = per_sample + self.patch_lattice * patch_lattice_error(error, self.patch)
                 if weight is not None:
                     (per_sample.sum() * weight).backward()
             losses[group] = per_sample.detach().float().cpu()

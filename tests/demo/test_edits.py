@@ -2,6 +2,7 @@
 disjoint splits by source image, the image-dependent pairs and same-source conflicts and their
 scores, PSNR/SSIM and the artefact metrics, and the dataset folders the trainer reads."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -118,6 +119,24 @@ def test_artefact_metrics_see_grain_and_the_patch_grid(heldout_pool):
     assert E.patch_artefact(clean).abs().median() < 0.2
     flat = torch.full((2, 32, 32, 3), 0.5)
     assert torch.equal(E.patch_artefact(flat), torch.full((2,), -1.0))
+
+
+def test_patch_lattice_sees_a_texture_inside_the_patches_that_patch_artefact_does_not(heldout_pool):
+    clean = torch.stack([c.image for c in heldout_pool[:16]])
+    mark = torch.zeros(4, 4, 1)
+    mark[1, 2] = mark[2, 1] = 0.02       # two pixels 5 levels brighter in every patch, none on a grid line
+    textured = clean * 0.9 + mark.repeat(16, 16, 1)
+    assert (E.patch_artefact(textured) - E.patch_artefact(clean)).abs().max() < 0.05
+    expected = 0.02 * math.sqrt(2 / 16 - (2 / 16) ** 2)      # RMS of the mark pattern, its mean removed
+    assert torch.allclose(E.patch_lattice(textured, clean * 0.9), torch.full((16,), expected), atol=1e-6)
+    darker = E.patch_lattice(clean * 0.9, clean)            # a smooth edit error: well under the marks
+    assert (darker < expected / 4).all()
+    assert (E.patch_lattice(textured, clean) > darker + expected / 2).all()
+    assert E.patch_lattice(clean, clean).eq(0).all()
+    with pytest.raises(E.EditSuiteError, match="smaller than one 4x4 patch"):
+        E.patch_lattice(torch.zeros(1, 3, 3, 3), torch.zeros(1, 3, 3, 3))
+    with pytest.raises(E.EditSuiteError, match="differ in shape"):
+        E.patch_lattice(clean, clean[:, :32])
 
 
 def test_scores_and_filters_have_known_values():

@@ -148,6 +148,7 @@ def test_edit_metrics_of_the_target_and_of_the_source():
     assert overshoot["progress"].le(1).all() and overshoot["progress"].ge(-1).all()   # clipped to [-1, 1]
     assert at_target["right_way"].eq(1).all() and at_target["grain"].eq(0).all()
     assert at_target["patch_artefact"].eq(0).all() and at_target["ssim"].sub(1).abs().max() < 1e-6
+    assert at_target["patch_lattice"].eq(0).all()
     base_psnr = edit_metrics(edits, edits.source)["psnr"]
     unchanged = edit_metrics(edits, edits.source, base_psnr=base_psnr)
     assert unchanged["progress"].eq(0).all() and unchanged["right_way"].eq(0).all()
@@ -206,26 +207,44 @@ def test_neighbour_rates_per_query_against_all_other_items():
     assert interval.estimate == pytest.approx(0.6) and verdict(interval) == "reproduced"
 
 
-def test_a_direction_is_showable_when_right_every_time_far_enough_and_its_grain_beyond_the_base_is_small():
+def test_a_direction_is_showable_when_right_every_time_far_enough_and_free_of_grain_and_patch_marks():
     """The demo's edits are chosen on val by family.showable: right way on every edit, progress at least
-    SHOWABLE_PROGRESS, and the grain HY-WU adds to the source net of what the base backbone adds on the
-    same edits under SHOWABLE_GRAIN."""
-    from hywu_core.experiments.family import BASE, HYWU, SHOWABLE_GRAIN, SHOWABLE_PROGRESS, showable
+    SHOWABLE_PROGRESS, the grain HY-WU adds to the source net of what the base backbone adds on the
+    same edits under SHOWABLE_GRAIN, its patch artefact at most SHOWABLE_PATCH beyond the base's and its
+    patch lattice under SHOWABLE_LATTICE."""
+    from hywu_core.experiments.family import (
+        BASE,
+        HYWU,
+        SHOWABLE_GRAIN,
+        SHOWABLE_LATTICE,
+        SHOWABLE_PATCH,
+        SHOWABLE_PROGRESS,
+        showable,
+    )
 
     tasks = ["brighten"] * 2 + ["darken"] * 2 + ["blur"] * 2 + ["sharpen"] * 2
     right_way = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1], dtype=torch.float64)
 
-    def grain(values: dict) -> dict:
-        return {"per_direction": {t: {"grain": {"estimate": v}} for t, v in values.items()}}
+    def table(metric: str, values: dict) -> dict:
+        return {"per_direction": {t: {metric: {"estimate": v}} for t, v in values.items()}}
 
     against_source = {
-        BASE: grain({"brighten": 0.010, "darken": 0.001, "blur": 0.0, "sharpen": 0.0}),
+        BASE: table("grain", {"brighten": 0.010, "darken": 0.001, "blur": 0.0, "sharpen": 0.0}),
         # brighten: grainy in absolute terms, but no grainier than the base on the same sources
-        HYWU: grain({"brighten": 0.012, "darken": 0.001 + SHOWABLE_GRAIN, "blur": 0.0, "sharpen": 0.004})}
-    progress = {"per_direction": {t: {"progress": {"estimate": 0.5}} for t in set(tasks)}}
-    assert showable(tasks, right_way, against_source, progress) == ["brighten", "sharpen"]
-    progress["per_direction"]["sharpen"]["progress"]["estimate"] = SHOWABLE_PROGRESS - 0.01   # right, barely moves
-    assert showable(tasks, right_way, against_source, progress) == ["brighten"]
+        HYWU: table("grain", {"brighten": 0.012, "darken": 0.001 + SHOWABLE_GRAIN, "blur": 0.0, "sharpen": 0.004})}
+    clean = {"progress": 0.5, "patch_artefact": 0.1, "patch_lattice": 0.001}
+    summaries = {name: {"per_direction": {t: {m: {"estimate": v} for m, v in clean.items()} for t in set(tasks)}}
+                 for name in (BASE, HYWU)}
+    hywu = summaries[HYWU]["per_direction"]
+    assert showable(tasks, right_way, against_source, summaries) == ["brighten", "sharpen"]
+    hywu["brighten"]["patch_artefact"]["estimate"] = 0.1 + SHOWABLE_PATCH + 0.01      # steps on the patch grid
+    assert showable(tasks, right_way, against_source, summaries) == ["sharpen"]
+    hywu["brighten"]["patch_artefact"]["estimate"] = 0.1 + SHOWABLE_PATCH
+    hywu["sharpen"]["patch_lattice"]["estimate"] = SHOWABLE_LATTICE                   # a texture in every patch
+    assert showable(tasks, right_way, against_source, summaries) == ["brighten"]
+    hywu["sharpen"]["patch_lattice"]["estimate"] = 0.001
+    hywu["sharpen"]["progress"]["estimate"] = SHOWABLE_PROGRESS - 0.01                 # right, barely moves
+    assert showable(tasks, right_way, against_source, summaries) == ["brighten"]
 
 
 @pytest.mark.parametrize("name", FAMILY_WORKFLOWS)
@@ -243,3 +262,23 @@ def test_the_experiments_sample_as_the_demo_family_workflows_do(name):
     for inputs in samplers:
         assert (inputs["steps"], inputs["cfg"], inputs["sampler_name"], inputs["scheduler"]) == (
             FULL.sample_steps, FULL.cfg, "euler", "simple"), inputs
+
+
+def test_the_baseline_cache_is_keyed_by_the_family_files_and_the_recipe_they_train_on(tmp_path):
+    """Baselines train on the recipe's loss: a family whose files are the same but whose recipe weighs
+    the loss differently must not reuse them."""
+    from dataclasses import replace
+
+    from hywu_core.demo.retrain import FamilyRecipe
+    from hywu_core.experiments.context import family_fingerprint
+
+    files = [tmp_path / "backbone.safetensors", tmp_path / "generator.safetensors"]
+    files[0].write_bytes(b"backbone")
+    files[1].write_bytes(b"generator")
+    recipe = FamilyRecipe()
+    key = family_fingerprint(files, recipe)
+    assert family_fingerprint(files, FamilyRecipe()) == key
+    assert family_fingerprint(files, replace(recipe, patch_lattice=400.0)) != key
+    assert family_fingerprint(files, replace(recipe, high_frequency=1.0)) != key
+    files[1].write_bytes(b"another generator")
+    assert family_fingerprint(files, recipe) != key

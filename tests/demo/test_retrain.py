@@ -11,7 +11,7 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     out = tmp_path / "models"
     result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work", "--set", "source_pixelate=0.25",
                   "--set", "pretrain_steps=4", "--set", "prediction=x0",
-                  "--set", "high_frequency=2")
+                  "--set", "high_frequency=2", "--set", "patch_lattice=30")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in FAMILY_FILES:
         assert (out / name).is_file(), name
@@ -21,11 +21,14 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     assert family["recipe"]["source_pixelate"] == 0.25 and family["recipe"]["pretrain_steps"] == 4
     assert family["encoder_recipe"]["steps"] == 3 and len(family["generator_loss"]["curve"]) == 3
     assert family["recipe"]["prediction"] == "x0" and family["recipe"]["high_frequency"] == 2
-    assert json.loads((tmp_path / "work" / "generator_run" / "config.json").read_text())["train"]["high_frequency"] == 2
+    assert family["recipe"]["patch_lattice"] == 30
+    train = json.loads((tmp_path / "work" / "generator_run" / "config.json").read_text())["train"]
+    assert train["high_frequency"] == 2 and train["patch_lattice"] == 30
     from hywu_core.experiments.context import QUICK, ExperimentContext
 
     experiments = ExperimentContext(out, tmp_path / "experiments", QUICK, "val")    # its baselines: the same loss
     assert experiments.recipe.high_frequency == 2 and experiments._schedule(4, 1e-3).high_frequency == 2
+    assert experiments.recipe.patch_lattice == 30 and experiments._schedule(4, 1e-3).patch_lattice == 30
     assert read_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")[1].prediction == "x0"
     model, _, _ = load_demo_checkpoint(out / "checkpoints" / "hywu_demo.safetensors")
     generator = load_generator(out / "hywu" / "hywu_demo.safetensors")

@@ -97,12 +97,13 @@ def test_resume_refuses_a_changed_generator(reference, tmp_path):
     assert "trained with different [generator] settings" in result.stderr
 
 
-def test_resume_refuses_a_changed_loss(reference, tmp_path):
-    """train.high_frequency is part of the loss: a checkpoint trained without it (the key absent from
-    the saved config reads as 0.0, as checkpoints from before the key was added) cannot go on with it."""
+@pytest.mark.parametrize("key", ["high_frequency", "patch_lattice"])
+def test_resume_refuses_a_changed_loss(reference, tmp_path, key):
+    """train.high_frequency and train.patch_lattice are part of the loss: a checkpoint trained without
+    one (the key absent from the saved config reads as 0.0, as checkpoints from before the key was
+    added) cannot go on with it."""
     shutil.copytree(reference, tmp_path / "run")
-    changed = write_config(tmp_path, "hf.toml", **{**SETTINGS, "train": {**SETTINGS.get("train", {}),
-                                                                           "high_frequency": 2.0}})
+    changed = write_config(tmp_path, "loss.toml", **{**SETTINGS, "train": {**SETTINGS.get("train", {}), key: 2.0}})
     result = run_module("hywu_core.train", changed, "--resume")
     assert result.returncode == 2
-    assert "different train.high_frequency (0.0 then, 2.0 now) settings" in result.stderr
+    assert f"different train.{key} (0.0 then, 2.0 now) settings" in result.stderr

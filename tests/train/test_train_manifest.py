@@ -65,9 +65,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(write_config(tmp_path, train={"batch_size": 6, "grad_accum": 4}))
     with pytest.raises(ConfigError, match=r"backbone.edit = 'pix2pix': use one of"):
         load_config(write_config(tmp_path, backbone={"edit": "pix2pix"}))
-    for weight in (-0.5, float("nan")):
-        with pytest.raises(ConfigError, match=rf"train.high_frequency = {weight}: give a finite weight >= 0"):
-            load_config(write_config(tmp_path, train={"high_frequency": weight}))
+    for key in ("high_frequency", "patch_lattice"):
+        for weight in (-0.5, float("nan")):
+            with pytest.raises(ConfigError, match=rf"train.{key} = {weight}: give a finite weight >= 0"):
+                load_config(write_config(tmp_path, train={key: weight}))
     config = load_config(write_config(tmp_path, train={"batch_size": 4, "grad_accum": 4}))
     with pytest.raises(ConfigError, match="make it a multiple of 8"):
         config.per_rank_micro_batch(world_size=2)

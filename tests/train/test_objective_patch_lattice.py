@@ -1,0 +1,76 @@
+"""The editing objective's optional patch-lattice term (train.patch_lattice, hywu_core.train.objective):
+L_i += mu * mean(P(e)^2), P(e) the part of the raw-output error that repeats with the patch grid."""
+import math
+
+import pytest
+import torch
+
+from hywu_core.train.objective import patch_lattice_error
+
+
+def test_the_term_keeps_what_repeats_in_every_patch_and_drops_smooth_and_random_error():
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    smooth = (0.2 + 0.02 * x - 0.03 * y).expand(2, 3, 64, 64)           # a colour shift and two ramps
+    mark = torch.zeros(3, 4, 4)
+    mark[0, 1, 2], mark[2, 3, 3] = 0.05, -0.02                          # a red and a blue mark in every patch
+    marks = mark.repeat(1, 16, 16).expand(2, 3, 64, 64)
+    expected = (mark - mark.mean((-2, -1), keepdim=True)).square().mean()
+    torch.testing.assert_close(patch_lattice_error(marks, 4), expected.expand(2))
+    torch.testing.assert_close(patch_lattice_error(marks + smooth, 4), expected.expand(2), rtol=0.05, atol=0)
+    assert patch_lattice_error(smooth, 4).max() < expected / 100       # only the ramps' slope inside a patch
+    noise = 0.05 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ratio = patch_lattice_error(noise, 4) / noise.square().flatten(1).mean(1)
+    assert torch.all(ratio < 3 / 256), ratio                            # white noise: about 1 / patches
+    assert patch_lattice_error(marks, 2).max() > 0 and patch_lattice_error(marks, 8).max() > 0
+    with pytest.raises(ValueError, match="at least one 4x4 patch"):
+        patch_lattice_error(torch.zeros(1, 3, 3, 8), 4)
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "source_residual", "source_affine"])
+def test_the_loss_adds_mu_times_the_patch_lattice_of_the_raw_output_error(comfy_lib, prediction):
+    from hywu_core.tiny_editor.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
+    from hywu_core.train.backbone import Backbone
+    from hywu_core.train.objective import DenoisingObjective, high_frequency_error
+
+    config = DemoBackboneConfig(prediction=prediction)
+    bb = Backbone(*assemble_demo_backbone(build_demo_backbone(seed=0, config=config)[0], config),
+                  "instruct_pix2pix").load()
+    g = torch.Generator().manual_seed(1)
+    sources, targets = torch.rand(2, 16, 16, 3, generator=g), torch.rand(2, 16, 16, 3, generator=g)
+    plain = DenoisingObjective(bb)
+    x0, conds, noise, sigma = plain.inputs(sources, targets, ["darken", "blur"], [], [0, 1], 0)
+    weighted = DenoisingObjective(bb, high_frequency=1.5, patch_lattice=30.0).losses(None, conds, x0, noise, sigma)
+    ms = bb.model_sampling
+    with torch.no_grad():
+        for i in range(2):
+            s = sigma[i:i + 1]
+            x_t = ms.noise_scaling(s, noise[i:i + 1], x0[i:i + 1])
+            c = {k: v for k, v in conds[i].items()}
+            denoised = bb.model.model.apply_model(x_t, s, c_concat=c["c_concat"].cond,
+                                                  c_crossattn=c["c_crossattn"].cond)
+            slope = -s if prediction == "velocity" else torch.ones(())
+            error = (denoised - x0[i:i + 1]) / slope
+            expected = (error.square().mean() + 1.5 * high_frequency_error(error)[0]
+                        + 30.0 * patch_lattice_error(error, config.patch_size)[0])
+            torch.testing.assert_close(weighted[i], expected, rtol=1e-4, atol=1e-7)
+    with_high_frequency = DenoisingObjective(bb, high_frequency=1.5).losses(None, conds, x0, noise, sigma)
+    assert torch.all(weighted > with_high_frequency)
+
+
+@pytest.mark.parametrize("weight", [-1.0, math.nan, math.inf])
+def test_a_negative_or_non_finite_weight_is_refused(weight):
+    from hywu_core.train.objective import DenoisingObjective
+
+    with pytest.raises(ValueError, match="patch_lattice = .*: give a finite weight >= 0"):
+        DenoisingObjective(None, patch_lattice=weight)
+
+
+def test_a_backbone_without_a_patch_grid_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from hywu_core.train.objective import model_patch_size
+
+    unet = SimpleNamespace(model_config=SimpleNamespace(unet_config={"in_channels": 4}))
+    with pytest.raises(ValueError, match="needs a patchified backbone .* None; set train.patch_lattice to 0"):
+        model_patch_size(unet)
+    assert model_patch_size(SimpleNamespace(model_config=SimpleNamespace(unet_config={"patch_size": 2}))) == 2
