@@ -7,7 +7,9 @@
        for a share of the clean crops the source is dropped (a mid-grey image: the model must
        draw the crop from noise alone), shifted by a few pixels or pixelated (it must fix the
        detail from the noisy latent, not copy it); on a share of all records the instruction is free text,
-       so that it keeps its input whatever the prompt. The base model then keeps its input (up
+       so that it keeps its input whatever the prompt; its loss can carry the high-frequency and
+       patch-lattice terms too (pretrain_high_frequency, pretrain_patch_lattice; both 0 in the
+       shipped recipe). The base model then keeps its input (up
        to the grain `./hywu experiment family` measures) and knows none of the suite's edits;
     3. the condition encoder: a tiny SigLIP2 pretrained with its own sigmoid image-text loss on
        the training crops in every state, then frozen (§3.3; hywu_core.demo.encoder_pretrain);
@@ -66,6 +68,8 @@ class FamilyRecipe:
     prediction: str = "source_residual"   # what the backbone's MMDiT outputs (DemoBackboneConfig.prediction)
     pretrain_steps: int = 4000       # backbone denoiser SFT
     pretrain_lr: float = 1e-3
+    pretrain_high_frequency: float = 0.0   # the pretraining loss's high-frequency weight (0: the plain loss)
+    pretrain_patch_lattice: float = 0.0    # ... and its patch-lattice weight
     source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
     source_shift: float = 0.0        # ... and with the source shifted by 1 to SHIFT_PIXELS pixels
     source_pixelate: float = 0.25    # ... and with the source pixelated (PIXELATE x PIXELATE blocks)
@@ -176,6 +180,15 @@ def write_pretraining_manifest(folder: Path, recipe: FamilyRecipe) -> Path:
     return path
 
 
+def pretrain_schedule(recipe: FamilyRecipe) -> StaticSchedule:
+    """The backbone's pretraining budget and loss: full SFT on the pretraining records, on the
+    backbone's own loss plus the recipe's pretraining weights of the high-frequency and patch-lattice
+    terms (train/objective.py)."""
+    return StaticSchedule(steps=recipe.pretrain_steps, batch_size=recipe.batch_size, lr=recipe.pretrain_lr,
+                          warmup_steps=recipe.warmup_steps, seed=recipe.seed,
+                          high_frequency=recipe.pretrain_high_frequency, patch_lattice=recipe.pretrain_patch_lattice)
+
+
 def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=print) -> list[float]:
     """Build the demo backbone from the seed, pretrain it as a denoiser that keeps its input, save it;
     returns the losses."""
@@ -184,8 +197,7 @@ def pretrain_backbone(data: Path, out_file: Path, recipe: FamilyRecipe, log=prin
     model, clip, vae = assemble_demo_backbone(state_dict, config)
     backbone = TrainableBackbone(model, clip, vae, "instruct_pix2pix")
     dataset = EditDataset(read_manifest(data, PRETRAIN_MANIFEST))
-    schedule = StaticSchedule(steps=recipe.pretrain_steps, batch_size=recipe.batch_size, lr=recipe.pretrain_lr,
-                              warmup_steps=recipe.warmup_steps, seed=recipe.seed)
+    schedule = pretrain_schedule(recipe)
     started = time.monotonic()
 
     def progress(step: int, loss: float) -> None:

@@ -11,7 +11,7 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     out = tmp_path / "models"
     result = hywu("demo-family", "--quick", "--out", out, "--work", tmp_path / "work", "--set", "source_pixelate=0.25",
                   "--set", "pretrain_steps=4", "--set", "prediction=x0",
-                  "--set", "high_frequency=2", "--set", "patch_lattice=30")
+                  "--set", "high_frequency=2", "--set", "patch_lattice=30", "--set", "pretrain_patch_lattice=20")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in FAMILY_FILES:
         assert (out / name).is_file(), name
@@ -21,7 +21,7 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     assert family["recipe"]["source_pixelate"] == 0.25 and family["recipe"]["pretrain_steps"] == 4
     assert family["encoder_recipe"]["steps"] == 3 and len(family["generator_loss"]["curve"]) == 3
     assert family["recipe"]["prediction"] == "x0" and family["recipe"]["high_frequency"] == 2
-    assert family["recipe"]["patch_lattice"] == 30
+    assert family["recipe"]["patch_lattice"] == 30 and family["recipe"]["pretrain_patch_lattice"] == 20
     train = json.loads((tmp_path / "work" / "generator_run" / "config.json").read_text())["train"]
     assert train["high_frequency"] == 2 and train["patch_lattice"] == 30
     from hywu_core.experiments.context import QUICK, ExperimentContext
@@ -34,6 +34,16 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     generator = load_generator(out / "hywu" / "hywu_demo.safetensors")
     generator.spec.verify(model.model.diffusion_model)
     assert generator.config.cond_dim == load_condition_encoder(out / "hywu_encoders" / "hywu_demo").width
+
+
+def test_the_pretraining_loss_takes_the_recipes_pretraining_weights_and_none_by_default():
+    from hywu_core.demo.retrain import FamilyRecipe, pretrain_schedule, recipe_with
+
+    shipped = pretrain_schedule(FamilyRecipe())      # the shipped family was pretrained on the plain loss
+    assert (shipped.high_frequency, shipped.patch_lattice, shipped.steps, shipped.lr) == (0.0, 0.0, 4000, 1e-3)
+    weighted = pretrain_schedule(recipe_with(FamilyRecipe(), ["pretrain_high_frequency=4",
+                                                              "pretrain_patch_lattice=400"]))
+    assert (weighted.high_frequency, weighted.patch_lattice) == (4.0, 400.0)
 
 
 def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(hywu, tmp_path):
