@@ -32,7 +32,7 @@ FREE_PROMPTS = ("make the image brighter", "make the image darker", "a photo", "
 BROKEN_PSNR = 20.0   # dB to the source
 SHOWABLE_GRAIN = 0.005   # noise_sigma; a clean crop has 0.011 on average (median 0.003)
 SHOWABLE_PROGRESS = 0.1  # an edit shown must get at least a tenth of the way to its target
-SHOWABLE_PATCH = 0.1     # patch_artefact beyond the base's on the same edits (the base: about +0.1 to the target)
+SHOWABLE_PATCH = 0.1     # patch_artefact beyond the base's on the same edits (the base: 0 to +0.1 to the target)
 SHOWABLE_LATTICE = 0.003  # patch_lattice to the target, luma (0.77 of an 8-bit level; the base: about 0.0015)
 ARTEFACTS_VS_SOURCE = ("grain", "patch_artefact", "patch_lattice")
 
@@ -87,7 +87,7 @@ def run(ctx: ExperimentContext) -> tuple[str, dict]:
     free = free_text(ctx)
     shown = showable(edits.tasks, metrics[HYWU]["right_way"], against_source, summaries)
     results = {"edits": len(edits), "split": ctx.split, "variants": summaries, "showable": shown,
-               "grain_vs_source": against_source, "free_text": free}
+               "artefacts_vs_source": against_source, "free_text": free}
     free_rows = [f'| "{p}" | {cell(r["psnr"], "psnr")} | {cell(r["broken"], "right_way")} |'
                  for p, r in free["per_prompt"].items()]
     text = "\n".join([
