@@ -63,7 +63,7 @@ class DemoEdit:
 # on average, adding less than 0.005 of grain to the source beyond the base backbone's. The rule
 # (hywu_core.experiments.family.showable) now also asks for no patch marks: patch artefact within 0.1
 # of the base's and patch lattice under 0.003. Of these six only fix_vivid and desaturate pass it on
-# val; the exposure edits, brighten and darken leave a 4x4 lattice of 0.004 to 0.008 (the base 0.002).
+# val; the exposure edits, brighten and darken leave a 4x4 lattice of 0.004 to 0.008 (the base under 0.002).
 DEMO_EDITS = (
     DemoEdit("fix_dark", "fix the exposure", "dark"),
     DemoEdit("fix_bright", "fix the exposure", "bright"),
