@@ -67,3 +67,33 @@ def run_module(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
 def read_losses(run: Path) -> list[float]:
     with open(run / "loss.csv", newline="") as f:
         return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def objective_on_demo_backbone(prediction: str, **weights):
+    """(the DenoisingObjective losses with `weights` on two random 16x16 edits of a fresh demo backbone
+    of `prediction`, the same edits' raw-output errors computed here by hand through ComfyUI's
+    apply_model, the plain objective's losses, the backbone's patch size)."""
+    import torch
+
+    from hywu_core.tiny_editor.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
+    from hywu_core.train.backbone import Backbone
+    from hywu_core.train.objective import DenoisingObjective
+
+    config = DemoBackboneConfig(prediction=prediction)
+    bb = Backbone(*assemble_demo_backbone(build_demo_backbone(seed=0, config=config)[0], config),
+                  "instruct_pix2pix").load()
+    g = torch.Generator().manual_seed(1)
+    sources, targets = torch.rand(2, 16, 16, 3, generator=g), torch.rand(2, 16, 16, 3, generator=g)
+    plain = DenoisingObjective(bb)
+    x0, conds, noise, sigma = plain.inputs(sources, targets, ["darken", "blur"], [], [0, 1], 0)
+    weighted = DenoisingObjective(bb, **weights).losses(None, conds, x0, noise, sigma)
+    ms, errors = bb.model_sampling, []
+    with torch.no_grad():
+        for i in range(2):
+            s = sigma[i:i + 1]
+            x_t = ms.noise_scaling(s, noise[i:i + 1], x0[i:i + 1])
+            denoised = bb.model.model.apply_model(x_t, s, c_concat=conds[i]["c_concat"].cond,
+                                                  c_crossattn=conds[i]["c_crossattn"].cond)
+            slope = -s if prediction == "velocity" else torch.ones(())
+            errors.append((denoised - x0[i:i + 1]) / slope)
+    return weighted, errors, plain.losses(None, conds, x0, noise, sigma), config.patch_size

@@ -7,6 +7,8 @@ import torch
 
 from hywu_core.train.objective import patch_lattice_error
 
+from .helpers import objective_on_demo_backbone
+
 
 def test_the_term_keeps_what_repeats_in_every_patch_and_drops_smooth_and_random_error():
     y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
@@ -28,32 +30,14 @@ def test_the_term_keeps_what_repeats_in_every_patch_and_drops_smooth_and_random_
 
 @pytest.mark.parametrize("prediction", ["velocity", "source_residual", "source_affine"])
 def test_the_loss_adds_mu_times_the_patch_lattice_of_the_raw_output_error(comfy_lib, prediction):
-    from hywu_core.tiny_editor.backbone import DemoBackboneConfig, assemble_demo_backbone, build_demo_backbone
-    from hywu_core.train.backbone import Backbone
-    from hywu_core.train.objective import DenoisingObjective, high_frequency_error
+    from hywu_core.train.objective import high_frequency_error
 
-    config = DemoBackboneConfig(prediction=prediction)
-    bb = Backbone(*assemble_demo_backbone(build_demo_backbone(seed=0, config=config)[0], config),
-                  "instruct_pix2pix").load()
-    g = torch.Generator().manual_seed(1)
-    sources, targets = torch.rand(2, 16, 16, 3, generator=g), torch.rand(2, 16, 16, 3, generator=g)
-    plain = DenoisingObjective(bb)
-    x0, conds, noise, sigma = plain.inputs(sources, targets, ["darken", "blur"], [], [0, 1], 0)
-    weighted = DenoisingObjective(bb, high_frequency=1.5, patch_lattice=30.0).losses(None, conds, x0, noise, sigma)
-    ms = bb.model_sampling
-    with torch.no_grad():
-        for i in range(2):
-            s = sigma[i:i + 1]
-            x_t = ms.noise_scaling(s, noise[i:i + 1], x0[i:i + 1])
-            c = {k: v for k, v in conds[i].items()}
-            denoised = bb.model.model.apply_model(x_t, s, c_concat=c["c_concat"].cond,
-                                                  c_crossattn=c["c_crossattn"].cond)
-            slope = -s if prediction == "velocity" else torch.ones(())
-            error = (denoised - x0[i:i + 1]) / slope
-            expected = (error.square().mean() + 1.5 * high_frequency_error(error)[0]
-                        + 30.0 * patch_lattice_error(error, config.patch_size)[0])
-            torch.testing.assert_close(weighted[i], expected, rtol=1e-4, atol=1e-7)
-    with_high_frequency = DenoisingObjective(bb, high_frequency=1.5).losses(None, conds, x0, noise, sigma)
+    weighted, errors, _, patch = objective_on_demo_backbone(prediction, high_frequency=1.5, patch_lattice=30.0)
+    for i, error in enumerate(errors):
+        expected = (error.square().mean() + 1.5 * high_frequency_error(error)[0]
+                    + 30.0 * patch_lattice_error(error, patch)[0])
+        torch.testing.assert_close(weighted[i], expected, rtol=1e-4, atol=1e-7)
+    with_high_frequency, _, _, _ = objective_on_demo_backbone(prediction, high_frequency=1.5)
     assert torch.all(weighted > with_high_frequency)
 
 
