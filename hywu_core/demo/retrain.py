@@ -65,11 +65,11 @@ class FamilyRecipe:
 
     seed: int = 0
     per_direction: int = 64          # training edits per direction (12 directions)
-    prediction: str = "source_residual"   # what the backbone's MMDiT outputs (DemoBackboneConfig.prediction)
+    prediction: str = "source_affine"     # what the backbone's MMDiT outputs (DemoBackboneConfig.prediction)
     pretrain_steps: int = 4000       # backbone denoiser SFT
     pretrain_lr: float = 1e-3
-    pretrain_high_frequency: float = 0.0   # the pretraining loss's high-frequency weight (0: the plain loss)
-    pretrain_patch_lattice: float = 0.0    # ... and its patch-lattice weight
+    pretrain_high_frequency: float = 4.0   # the pretraining loss's high-frequency weight (0: the plain loss)
+    pretrain_patch_lattice: float = 400.0  # ... and its patch-lattice weight
     source_dropout: float = 0.25     # share of the clean crops' pretraining records with the source dropped
     source_shift: float = 0.0        # ... and with the source shifted by 1 to SHIFT_PIXELS pixels
     source_pixelate: float = 0.25    # ... and with the source pixelated (PIXELATE x PIXELATE blocks)
@@ -78,7 +78,7 @@ class FamilyRecipe:
     generator_steps: int = 6000
     generator_lr: float = 1e-3
     high_frequency: float = 4.0      # the edit loss's high-frequency weight (train.high_frequency), baselines too
-    patch_lattice: float = 0.0       # the edit loss's patch-lattice weight (train.patch_lattice), baselines too
+    patch_lattice: float = 400.0     # the edit loss's patch-lattice weight (train.patch_lattice), baselines too
     batch_size: int = 8
     warmup_steps: int = 50
     width: int = 64                  # NNT width, depth, heads; LoRA rank and alpha

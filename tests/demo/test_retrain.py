@@ -36,14 +36,26 @@ def test_demo_family_retrains_every_member_into_comfyui_model_folders(hywu, comf
     assert generator.config.cond_dim == load_condition_encoder(out / "hywu_encoders" / "hywu_demo").width
 
 
-def test_the_pretraining_loss_takes_the_recipes_pretraining_weights_and_none_by_default():
+def test_the_pretraining_loss_takes_the_recipes_pretraining_weights():
     from hywu_core.demo.retrain import FamilyRecipe, pretrain_schedule, recipe_with
 
-    shipped = pretrain_schedule(FamilyRecipe())      # the shipped family was pretrained on the plain loss
-    assert (shipped.high_frequency, shipped.patch_lattice, shipped.steps, shipped.lr) == (0.0, 0.0, 4000, 1e-3)
-    weighted = pretrain_schedule(recipe_with(FamilyRecipe(), ["pretrain_high_frequency=4",
-                                                              "pretrain_patch_lattice=400"]))
-    assert (weighted.high_frequency, weighted.patch_lattice) == (4.0, 400.0)
+    shipped = pretrain_schedule(FamilyRecipe())      # the shipped backbone: both terms in its pretraining loss
+    assert (shipped.high_frequency, shipped.patch_lattice, shipped.steps, shipped.lr) == (4.0, 400.0, 4000, 1e-3)
+    plain = pretrain_schedule(recipe_with(FamilyRecipe(), ["pretrain_high_frequency=0", "pretrain_patch_lattice=0"]))
+    assert (plain.high_frequency, plain.patch_lattice) == (0.0, 0.0)
+
+
+def test_the_shipped_family_was_made_by_the_default_recipe():
+    """`./hywu demo-family` with no --set is the command that made demo_models/: its family.json
+    records the recipe, and it must be FamilyRecipe's defaults (and the encoder's)."""
+    from dataclasses import asdict
+
+    from hywu_core.demo.retrain import FamilyRecipe
+    from hywu_core.demo.run import DEMO_MODELS
+
+    family = json.loads((DEMO_MODELS / "family.json").read_text())
+    assert family["recipe"] == asdict(FamilyRecipe())
+    assert family["encoder_recipe"] == asdict(FamilyRecipe().encoder())
 
 
 def test_demo_family_set_names_the_bad_field_or_value_and_stops_before_training(hywu, tmp_path):
