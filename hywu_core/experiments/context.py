@@ -103,8 +103,9 @@ class Budget:
       geometry   96 generated LoRAs and their cosines                    ~ 10 s
     total ~ 82 min (G 6000) at those unit costs with 20-step samples. Measured for the shipped
     family: the trained baselines alone (conflict's, the Shared LoRA and the SFT at G 6000) took about
-    40 min in three 1-thread processes on the 2 cores; the Shared LoRA and the SFT are cached under
-    <out>/cache, so a second run only samples and measures (129 s at 4 steps, 2 threads).
+    50 min in three 1-thread processes on the 2 cores (a test run beside them for 30 of those); the
+    Shared LoRA and the SFT are cached under <out>/cache, so a second run only samples and measures
+    (156 s at 4 steps, 2 threads).
     """
 
     per_direction: int = 8             # evaluation edits per direction (split val or test), every figure

@@ -135,8 +135,8 @@ def test_an_image_dependent_instruction_moves_two_sources_in_opposite_directions
 def test_the_example_workflows_on_the_demo_family_ask_for_edits_it_shows(name):
     """A template an artist opens first must show an edit the shipped family does: every line of the
     workflow's instruction strings is a phrasing of a shown direction whose source state is clean
-    (the templates load the clean held-out crops). Phrasings outside the suite ("make the image
-    brighter") are not routed to any direction by the tiny encoder."""
+    (the templates load the clean held-out crops). Nothing holds the tiny encoder to phrasings outside
+    the suite ("make the image brighter")."""
     graph = load_api_workflow(WORKFLOW.parent / f"{name}.json")
     lines = [line for node in graph.values() if node["class_type"] == "PrimitiveStringMultiline"
              for line in node["inputs"]["value"].splitlines()]
