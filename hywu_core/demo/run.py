@@ -62,8 +62,8 @@ class DemoEdit:
 # hywu_core.experiments.family.showable: the right way on every val edit, at least a tenth of the way
 # to the target on average, less than 0.005 of grain added to the source beyond the base backbone's,
 # patch artefact within 0.1 of the base's and patch lattice under 0.003. The shipped family passes it
-# on eight directions: these six, and fix_muted and saturate (not shown: on the demo's red crop
-# "make the colours natural" on the muted state turns the red green).
+# on eight directions: these six, fix_muted (not shown: on the demo's red crop it turns the red green)
+# and saturate (the demo keeps one colour edit the text decides, "mute the colours").
 DEMO_EDITS = (
     DemoEdit("fix_dark", "fix the exposure", "dark"),
     DemoEdit("fix_bright", "fix the exposure", "bright"),
