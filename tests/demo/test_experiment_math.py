@@ -278,7 +278,7 @@ def test_the_baseline_cache_is_keyed_by_the_family_files_and_the_recipe_they_tra
     recipe = FamilyRecipe()
     key = family_fingerprint(files, recipe)
     assert family_fingerprint(files, FamilyRecipe()) == key
-    assert family_fingerprint(files, replace(recipe, patch_lattice=400.0)) != key
-    assert family_fingerprint(files, replace(recipe, high_frequency=1.0)) != key
+    assert family_fingerprint(files, replace(recipe, patch_lattice=recipe.patch_lattice + 1)) != key
+    assert family_fingerprint(files, replace(recipe, high_frequency=recipe.high_frequency + 1)) != key
     files[1].write_bytes(b"another generator")
     assert family_fingerprint(files, recipe) != key
